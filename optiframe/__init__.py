@@ -1,0 +1,38 @@
+"""optiframe: describe an optimisation problem once, solve it with optax, SciPy,
+Nevergrad and more by changing one argument."""
+
+from .backends.base import Algorithm, Capabilities, SolveOptions
+from .backends.optax import Optax, OptaxState
+from .data import DataLoader
+from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
+from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake
+from .progress import ProgressBar
+from .solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
+from .solve import solve
+
+__all__ = [
+    "Algorithm",
+    "Capabilities",
+    "DataLoader",
+    "InvalidProblemError",
+    "MaxSense",
+    "MinSense",
+    "ObjSense",
+    "ObjectiveError",
+    "OptimizationFunction",
+    "OptimizationProblem",
+    "OptimizationSolution",
+    "OptimizationState",
+    "Optax",
+    "OptaxState",
+    "OptiframeError",
+    "ProgressBar",
+    "ReturnCode",
+    "SolveOptions",
+    "Stats",
+    "UnsupportedFeatureError",
+    "remake",
+    "solve",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""The one protocol every backend implements, and the registry of string names.
+
+A backend is an `Algorithm`: an immutable object that declares its `Capabilities` and
+implements `solve(problem, options)`. `opf.solve` checks the capabilities once, before
+dispatch (`optiframe.solve.check_capabilities`), so a backend's `solve` may assume the
+problem and keywords are ones it declared it can handle.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import OptiframeError
+
+COMMON_KEYWORDS = (
+    "maxiters", "maxtime", "abstol", "reltol", "callback", "progress", "epochs",
+    "warm_start", "save_best",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What an algorithm can handle. Everything defaults to "no".
+
+    Attributes:
+        bounds: box bounds `lb`/`ub`.
+        constraints: general constraints `lcons <= cons(u, p) <= ucons`.
+        integrality: integer variables.
+        data: a data iterator as `p` (a changing objective).
+        needs: derivatives it cannot run without: any of "grad", "hess", "hvp", "cons_jac".
+        keywords: the common `solve` keywords it honours.
+    """
+
+    bounds: bool = False
+    constraints: bool = False
+    integrality: bool = False
+    data: bool = False
+    needs: frozenset[str] = frozenset()
+    keywords: frozenset[str] = frozenset(("maxiters",))
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveOptions:
+    """The common keywords of `solve`, validated, plus the backend's own options.
+
+    `maxiters` and `epochs` are resolved by `solve`: for a data iterator, `maxiters` is the
+    total number of steps and `epochs` the passes it spans.
+    """
+
+    maxiters: int | None = None
+    maxtime: float | None = None
+    abstol: float | None = None
+    reltol: float | None = None
+    callback: Callable[..., Any] | None = None
+    progress: Any = None
+    epochs: int | None = None
+    warm_start: Any = None
+    save_best: bool = False
+    solver_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Algorithm(abc.ABC):
+    """An optimisation algorithm behind `solve`.
+
+    Subclasses are frozen dataclasses holding the algorithm's configuration only; per-run
+    state lives in the backend's `solve` and in `OptimizationSolution.state`.
+    """
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this configured algorithm can handle."""
+
+    @abc.abstractmethod
+    def solve(self, problem: Any, options: SolveOptions) -> Any:
+        """Run on `problem` and return an `OptimizationSolution`."""
+
+
+_NAMES: dict[str, Callable[[], Algorithm]] = {}
+_PREFIXES: dict[str, Callable[[str], Algorithm]] = {}
+_ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any], Algorithm]]] = []
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower()
+
+
+def register(name: str, factory: Callable[[], Algorithm]) -> None:
+    """Make `solve(prob, name)` use `factory()`."""
+    _NAMES[_normalise(name)] = factory
+
+
+def register_prefix(prefix: str, factory: Callable[[str], Algorithm]) -> None:
+    """Make `solve(prob, "prefix:NAME")` use `factory("NAME")`."""
+    _PREFIXES[_normalise(prefix)] = factory
+
+
+def register_adapter(accepts: Callable[[Any], bool], wrap: Callable[[Any], Algorithm]) -> None:
+    """Make `solve` accept foreign objects (e.g. an `optax.GradientTransformation`)."""
+    _ADAPTERS.append((accepts, wrap))
+
+
+def registered_names() -> list[str]:
+    return sorted(_NAMES)
+
+
+def registered_algorithms() -> dict[str, Algorithm]:
+    """Every registered name with a default instance (construction imports nothing)."""
+    return {name: factory() for name, factory in sorted(_NAMES.items())}
+
+
+def resolve(alg: Any) -> Algorithm:
+    """An `Algorithm` for `alg`: itself, a registered name, or an adapted foreign object.
+
+    Raises:
+        OptiframeError: for an unknown name (listing close matches) or object.
+    """
+    if isinstance(alg, Algorithm):
+        return alg
+    if isinstance(alg, str):
+        key = _normalise(alg)
+        if key in _NAMES:
+            return _NAMES[key]()
+        prefix, sep, rest = key.partition(":")
+        if sep and prefix in _PREFIXES:
+            return _PREFIXES[prefix](alg.strip()[len(prefix) + 1 :])
+        candidates = list(_NAMES) + [f"{p}:" for p in _PREFIXES]
+        close = difflib.get_close_matches(key, candidates, n=5, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise OptiframeError(
+            f"Unknown algorithm name {alg!r}.{hint} Registered names: "
+            f"{', '.join(sorted(_NAMES))}; prefixes: "
+            f"{', '.join(p + ':NAME' for p in sorted(_PREFIXES))}."
+        )
+    for accepts, wrap in _ADAPTERS:
+        if accepts(alg):
+            return wrap(alg)
+    raise OptiframeError(
+        f"`solve(prob, alg)`: {type(alg).__name__} is not an algorithm; pass an optax "
+        "GradientTransformation, an optiframe algorithm (e.g. opf.LBFGSB()) or a "
+        "registered name (e.g. 'adam')."
+    )

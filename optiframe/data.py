@@ -1,0 +1,138 @@
+"""`DataLoader` and the rule that tells a data iterator from parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import InvalidProblemError
+
+
+class DataLoader:
+    """Minibatches of a pytree of arrays, batched along axis 0.
+
+    Each epoch visits every sample once; with `shuffle=True` epoch `e` uses the
+    permutation drawn from `jax.random.fold_in(key, e)`, a new order every epoch and the
+    same orders for the same key. The arrays are moved to the device once, so `solve` can
+    gather batches by index inside its compiled loop.
+
+    Args:
+        arrays: a pytree of arrays sharing their leading dimension N.
+        batch_size: samples per batch (the last batch of an epoch holds the remaining
+            `N % batch_size` samples unless `drop_last`).
+        shuffle: draw a new order every epoch.
+        key: the JAX key of the orders (default `jax.random.key(0)`).
+        drop_last: drop the last partial batch.
+
+    Example:
+        >>> loader = DataLoader((x, y), batch_size=32, shuffle=True, key=jax.random.key(1))
+        >>> len(loader)          # batches per epoch
+    """
+
+    def __init__(
+        self,
+        arrays: Any,
+        batch_size: int,
+        shuffle: bool = False,
+        key: jax.Array | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        leaves = jax.tree.leaves(arrays)
+        if not leaves:
+            raise InvalidProblemError("`DataLoader(arrays=...)` holds no arrays.")
+        sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+        if None in sizes or len(sizes) != 1:
+            raise InvalidProblemError(
+                "`DataLoader(arrays=...)`: every array must have the same leading (sample) "
+                f"dimension, got leading sizes {sorted(map(str, sizes))}."
+            )
+        (n,) = sizes
+        if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size:
+            raise InvalidProblemError(
+                f"`DataLoader(batch_size={batch_size!r})` must be a positive integer."
+            )
+        if drop_last and batch_size > n:
+            raise InvalidProblemError(
+                f"`DataLoader(batch_size={batch_size}, drop_last=True)` over {n} samples "
+                "yields no batch; lower batch_size or set drop_last=False."
+            )
+        self.arrays = jax.tree.map(jnp.asarray, arrays)
+        self.num_samples = int(n)
+        self.batch_size = int(min(batch_size, n))
+        self.shuffle = bool(shuffle)
+        self.key = jax.random.key(0) if key is None else key
+        self.drop_last = bool(drop_last)
+        self._passes = 0
+
+    @property
+    def num_full_batches(self) -> int:
+        return self.num_samples // self.batch_size
+
+    @property
+    def last_batch_size(self) -> int:
+        """Size of the trailing partial batch (0 if none or dropped)."""
+        return 0 if self.drop_last else self.num_samples % self.batch_size
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.num_full_batches + (self.last_batch_size > 0)
+
+    def order(self, epoch: int | jax.Array) -> jax.Array:
+        """The sample indices of epoch `epoch`, (N,): a permutation or `arange(N)`."""
+        if not self.shuffle:
+            return jnp.arange(self.num_samples)
+        return jax.random.permutation(jax.random.fold_in(self.key, epoch), self.num_samples)
+
+    def batch(self, epoch: int, index: int, order: jax.Array | None = None) -> Any:
+        """Batch `index` of epoch `epoch` (pass `order(epoch)` to reuse it)."""
+        order = self.order(epoch) if order is None else order
+        start = index * self.batch_size
+        take = order[start : start + self.batch_size]
+        return jax.tree.map(lambda a: a[take], self.arrays)
+
+    def epoch(self, epoch: int) -> Iterator[Any]:
+        """The batches of epoch `epoch`, in order."""
+        order = self.order(epoch)
+        for index in range(len(self)):
+            yield self.batch(epoch, index, order)
+
+    def __iter__(self) -> Iterator[Any]:
+        """One epoch; each new pass over the loader is the next epoch (a new order)."""
+        self._passes += 1
+        return self.epoch(self._passes - 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
+            f"batches={len(self)}, shuffle={self.shuffle}, drop_last={self.drop_last})"
+        )
+
+
+def is_data_iterator(p: Any) -> bool:
+    """True for a `DataLoader`, or any iterable that is not an array or a pytree of
+    arrays (a generator, a custom re-iterable, a torch loader)."""
+    if isinstance(p, DataLoader):
+        return True
+    if isinstance(p, (str, bytes, np.ndarray, jax.Array)) or p is None:
+        return False
+    leaves = jax.tree.leaves(p)
+    if len(leaves) == 1 and leaves[0] is p:
+        return hasattr(p, "__iter__")
+    return False
+
+
+def batches_per_epoch(p: Any) -> int | None:
+    """Number of batches in one pass of `p`, or None when only a pass can tell."""
+    try:
+        return len(p)
+    except TypeError:
+        return None
+
+
+def is_one_shot(p: Any) -> bool:
+    """True for an iterator that can be walked once (a generator, `zip(...)`)."""
+    return isinstance(p, Iterator)

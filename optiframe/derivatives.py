@@ -1,0 +1,235 @@
+"""Derivatives of an `OptimizationFunction`: JAX-derived, finite differences, or the
+user's own, always for *minimising* `sign * fun` (sign = -1 under `MaxSense`).
+
+Every function here takes the iterate `u` as a pytree shaped like `u0`; Hessians and
+constraint Jacobians are matrices in the flat order of `ravel(u)`. The functions are pure
+and unjitted: backends jit them inside their own loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import ObjectiveError
+from .flat import host_unraveler, ravel
+from .problem import ObjSense, OptimizationFunction
+
+
+@dataclasses.dataclass(frozen=True)
+class Derivatives:
+    """The functions a backend may call. A field is None when it cannot be had.
+
+    Attributes:
+        sign: +1 to minimise `fun`, -1 to maximise it.
+        value_aux: `(u, p) -> (sign * fun, aux)`; aux is None without `has_aux`.
+        value: `(u, p) -> sign * fun`, a scalar.
+        value_and_grad: `(u, p) -> ((loss, aux), grad)` in one fused call.
+        hvp: `(u, v, p) -> H v`, shaped like `u`.
+        hess: `(u, p) -> (n, n)`.
+        cons: `(u, p) -> (m,)`, never negated.
+        cons_jac: `(u, p) -> (m, n)`.
+        fevals_per_grad: calls of `fun` one `value_and_grad` costs (1, or 1 + 2n with
+            finite differences in n variables).
+    """
+
+    sign: float
+    value_aux: Callable[..., Any]
+    value: Callable[..., Any]
+    value_and_grad: Callable[..., Any] | None
+    hvp: Callable[..., Any] | None
+    hess: Callable[..., Any] | None
+    cons: Callable[..., Any] | None
+    cons_jac: Callable[..., Any] | None
+    finite: bool = False
+
+    def fevals_per_grad(self, n: int) -> int:
+        return 1 + 2 * n if self.finite else 1
+
+
+def derivatives(f: OptimizationFunction, sense: ObjSense) -> Derivatives:
+    """The derivatives of `f` for `sense`, built once per function and cached on it."""
+    key = ("derivatives", sense)
+    if key not in f._cache:
+        f._cache[key] = _build(f, sense.sign)
+    return f._cache[key]
+
+
+def _scaled(sign: float, tree: Any) -> Any:
+    return tree if sign == 1.0 else jax.tree.map(lambda x: sign * x, tree)
+
+
+def _build(f: OptimizationFunction, sign: float) -> Derivatives:
+    if f.ad == "finite":
+        return _finite(f, sign)
+
+    def value_aux(u, p):
+        out = f.fun(u, p)
+        loss, aux = out if f.has_aux else (out, None)
+        return sign * loss, aux
+
+    def value(u, p):
+        return value_aux(u, p)[0]
+
+    value_and_grad = hvp = hess = cons_jac = None
+    if f.grad is not None:
+
+        def value_and_grad(u, p):
+            return value_aux(u, p), _scaled(sign, f.grad(u, p))
+
+    elif f.ad == "jax":
+        value_and_grad = jax.value_and_grad(value_aux, has_aux=True)
+
+    if f.hess is not None:
+
+        def hess(u, p):
+            return sign * jnp.asarray(f.hess(u, p))
+
+    elif f.ad == "jax":
+
+        def hess(u, p):
+            x, unravel = ravel(u)
+            return jax.hessian(lambda x: value(unravel(x), p))(x)
+
+    if f.hvp is not None:
+
+        def hvp(u, v, p):
+            return _scaled(sign, f.hvp(u, v, p))
+
+    elif f.hess is not None:
+
+        def hvp(u, v, p):
+            vx, unravel = ravel(v)
+            return unravel(hess(u, p) @ vx)
+
+    elif f.ad == "jax":
+
+        def hvp(u, v, p):
+            grad = lambda w: jax.grad(value)(w, p)  # noqa: E731
+            return jax.jvp(grad, (u,), (v,))[1]
+
+    cons = f.cons
+    if f.cons_jac is not None:
+
+        def cons_jac(u, p):
+            return jnp.asarray(f.cons_jac(u, p))
+
+    elif cons is not None and f.ad == "jax":
+
+        def cons_jac(u, p):
+            x, unravel = ravel(u)
+            return jax.jacrev(lambda x: jnp.atleast_1d(cons(unravel(x), p)))(x)
+
+    return Derivatives(sign, value_aux, value, value_and_grad, hvp, hess, cons, cons_jac)
+
+
+def _finite(f: OptimizationFunction, sign: float) -> Derivatives:
+    """Central differences on the host, reached from JAX through `pure_callback`."""
+
+    def host_value(x: np.ndarray, unravel, p) -> float:
+        return sign * float(f.fun(unravel(x), p))
+
+    def host_grad(x: np.ndarray, unravel, p) -> np.ndarray:
+        g = np.empty_like(x)
+        for i in range(x.size):
+            h = np.cbrt(np.finfo(float).eps) * max(1.0, abs(x[i]))
+            e = np.zeros_like(x)
+            e[i] = h
+            g[i] = (host_value(x + e, unravel, p) - host_value(x - e, unravel, p)) / (2 * h)
+        return g
+
+    def value(u, p):
+        x, _ = ravel(u)
+        unravel = host_unraveler(u)
+        fn = lambda x, p: np.asarray(host_value(np.asarray(x, float), unravel, p), x.dtype)  # noqa: E731
+        return jax.pure_callback(fn, jax.ShapeDtypeStruct((), x.dtype), x, p)
+
+    def grad_flat(x, unravel, p):
+        fn = lambda x, p: host_grad(np.asarray(x, float), unravel, p).astype(x.dtype)  # noqa: E731
+        return jax.pure_callback(fn, jax.ShapeDtypeStruct(x.shape, x.dtype), x, p)
+
+    def value_aux(u, p):
+        return value(u, p), None
+
+    def value_and_grad(u, p):
+        x, unravel = ravel(u)
+        return (value(u, p), None), unravel(grad_flat(x, host_unraveler(u), p))
+
+    def hess(u, p):
+        x, _ = ravel(u)
+        unravel = host_unraveler(u)
+        n = x.size
+        h = jnp.cbrt(jnp.finfo(x.dtype).eps) * jnp.maximum(1.0, jnp.abs(x))
+        cols = [
+            (grad_flat(x.at[i].add(h[i]), unravel, p) - grad_flat(x.at[i].add(-h[i]), unravel, p))
+            / (2 * h[i])
+            for i in range(n)
+        ]
+        H = jnp.stack(cols, axis=1)
+        return (H + H.T) / 2
+
+    def hvp(u, v, p):
+        x, unravel = ravel(u)
+        vx, _ = ravel(v)
+        h = jnp.cbrt(jnp.finfo(x.dtype).eps) * jnp.maximum(1.0, jnp.linalg.norm(x))
+        h = h / jnp.maximum(jnp.linalg.norm(vx), 1e-30)
+        host = host_unraveler(u)
+        diff = grad_flat(x + h * vx, host, p) - grad_flat(x - h * vx, host, p)
+        return unravel(diff / (2 * h))
+
+    cons_jac = None
+    if f.cons_jac is not None:
+        cons_jac = lambda u, p: jnp.asarray(f.cons_jac(u, p))  # noqa: E731
+    return Derivatives(
+        sign, value_aux, value, value_and_grad, hvp, hess, f.cons, cons_jac, finite=True
+    )
+
+
+_TRACE_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+def check_objective(f: OptimizationFunction, u: Any, p: Any) -> None:
+    """Trace `f.fun(u, p)` once (no evaluation) and check it returns a scalar.
+
+    Raises:
+        ObjectiveError: the objective is not traceable with ad="jax", or not scalar.
+    """
+    if f.ad == "finite":
+        return
+    try:
+        out = jax.eval_shape(f.fun, u, p)
+    except _TRACE_ERRORS as err:
+        raise ObjectiveError(
+            f"The objective cannot be traced by JAX ({type(err).__name__}); write it with "
+            "jax.numpy, or pass OptimizationFunction(fun, ad='finite') to use finite "
+            "differences on the host."
+        ) from err
+    except Exception as err:
+        raise ObjectiveError(
+            f"Evaluating the objective fun(u0, p) failed: {type(err).__name__}: {err}"
+        ) from err
+    if f.has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ObjectiveError(
+                "OptimizationFunction(has_aux=True) expects fun(u, p) to return "
+                f"(loss, aux), got {type(out).__name__}."
+            )
+        out = out[0]
+    if not hasattr(out, "shape") or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ObjectiveError(
+            f"The objective must return a scalar, got shape {shape}; reduce it (e.g. "
+            "jnp.sum or jnp.mean), or use a least-squares method for residual vectors."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ObjectiveError(f"The objective must return a float, got dtype {out.dtype}.")

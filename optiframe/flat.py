@@ -1,0 +1,49 @@
+"""Pytree <-> flat vector, and restoring a result to `u0`'s structure and dtypes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+
+def to_device(u0: Any) -> Any:
+    """`u0` as a pytree of JAX arrays (float32 unless JAX_ENABLE_X64 is set)."""
+    return jax.tree.map(jnp.asarray, u0)
+
+
+def ravel(u: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
+    """The leaves of `u` concatenated into one vector (n,), and the inverse map."""
+    return ravel_pytree(u)
+
+
+def restore_like(u: Any, u0: Any) -> Any:
+    """`u` with the leaf types and dtypes of `u0`: NumPy leaves stay NumPy, JAX leaves
+    stay JAX, Python floats stay floats."""
+
+    def leaf(x, ref):
+        if isinstance(ref, jax.Array):
+            return jnp.asarray(x, dtype=ref.dtype)
+        if isinstance(ref, (np.ndarray, np.generic)):
+            return np.asarray(x, dtype=np.result_type(ref))
+        return float(np.asarray(x))
+
+    return jax.tree.map(leaf, u, u0)
+
+
+def host_unraveler(u: Any) -> Callable[[np.ndarray], Any]:
+    """A NumPy-only inverse of `ravel` for `u`'s structure, for use on the host (inside
+    callbacks, where JAX must not be called)."""
+    leaves, treedef = jax.tree.flatten(u)
+    shapes = [np.shape(leaf) for leaf in leaves]
+    splits = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+
+    def unravel(x: np.ndarray) -> Any:
+        parts = np.split(np.asarray(x), splits)
+        return jax.tree.unflatten(treedef, [p.reshape(s) for p, s in zip(parts, shapes)])
+
+    return unravel

@@ -1,0 +1,367 @@
+"""`OptimizationFunction`, `OptimizationProblem` and `remake`, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from .errors import InvalidProblemError
+
+
+class ObjSense(enum.Enum):
+    """Whether to minimise or maximise `fun`."""
+
+    MinSense = 1
+    MaxSense = -1
+
+    @property
+    def sign(self) -> float:
+        """+1 for `MinSense`, -1 for `MaxSense`: the solvers minimise `sign * fun`."""
+        return float(self.value)
+
+
+MinSense = ObjSense.MinSense
+MaxSense = ObjSense.MaxSense
+
+_AD_MODES = ("jax", "finite", None)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OptimizationFunction:
+    """The objective, its derivatives and the constraints.
+
+    Args:
+        fun: `fun(u, p) -> scalar`, or `(scalar, aux)` with `has_aux=True`. `u` is a pytree
+            of float arrays shaped like `u0`.
+        ad: "jax" derives every missing derivative with JAX; "finite" uses central finite
+            differences on the host (for objectives JAX cannot trace); None means the
+            derivatives must be given or the solver must be derivative-free.
+        grad: `grad(u, p) -> pytree like u`, overrides the derived gradient.
+        hess: `hess(u, p) -> (n, n)` in the flat order of `u` (see `ravel_pytree`).
+        hvp: `hvp(u, v, p) -> pytree like u`, the Hessian times `v`.
+        cons: `cons(u, p) -> (m,)` constraint values, bounded by the problem's
+            `lcons <= cons <= ucons`.
+        cons_jac: `cons_jac(u, p) -> (m, n)`, overrides the derived constraint Jacobian.
+        cons_hess: `cons_hess(u, p) -> (m, n, n)`, the constraints' Hessians.
+        has_aux: `fun` returns `(loss, aux)`; derivatives ignore `aux`, callbacks see it
+            as `state.aux`.
+
+    Example:
+        >>> f = OptimizationFunction(lambda u, p: ((u - p) ** 2).sum())
+    """
+
+    fun: Callable[..., Any]
+    ad: str | None = "jax"
+    grad: Callable[..., Any] | None = None
+    hess: Callable[..., Any] | None = None
+    hvp: Callable[..., Any] | None = None
+    cons: Callable[..., Any] | None = None
+    cons_jac: Callable[..., Any] | None = None
+    cons_hess: Callable[..., Any] | None = None
+    has_aux: bool = False
+
+    def __post_init__(self) -> None:
+        if not callable(self.fun):
+            raise InvalidProblemError(
+                f"`OptimizationFunction(fun=...)` must be callable as fun(u, p), got "
+                f"{type(self.fun).__name__}."
+            )
+        if self.ad not in _AD_MODES:
+            raise InvalidProblemError(
+                f"`OptimizationFunction(ad={self.ad!r})` is not one of "
+                f"{', '.join(map(repr, _AD_MODES))}."
+            )
+        for name in ("grad", "hess", "hvp", "cons", "cons_jac", "cons_hess"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise InvalidProblemError(
+                    f"`OptimizationFunction({name}=...)` must be callable, got "
+                    f"{type(value).__name__}."
+                )
+        if self.has_aux and self.ad == "finite":
+            raise InvalidProblemError(
+                "`OptimizationFunction(has_aux=True)` needs ad='jax': finite differences "
+                "cannot tell the loss from the auxiliary output."
+            )
+        # Jitted derivatives are cached here, keyed by what they depend on, so that
+        # every solve of a problem built on this function reuses the compiled code.
+        object.__setattr__(self, "_cache", {})
+
+
+def _leaf_paths(tree: Any) -> list[tuple[str, Any]]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(jax.tree_util.keystr(path), leaf) for path, leaf in leaves]
+
+
+def _where(arg: str, path: str) -> str:
+    return f"`{arg}{path}`" if path else f"`{arg}`"
+
+
+def _check_u0(u0: Any) -> None:
+    leaves = _leaf_paths(u0)
+    if not leaves:
+        raise InvalidProblemError(
+            "`OptimizationProblem(u0=...)` has no array leaves; pass the starting point "
+            "as an array or a pytree (dict, list, tuple) of float arrays."
+        )
+    for path, leaf in leaves:
+        dtype = np.result_type(leaf) if _is_arraylike(leaf) else None
+        if dtype is None or not np.issubdtype(dtype, np.floating):
+            what = f"dtype {dtype}" if dtype is not None else f"type {type(leaf).__name__}"
+            raise InvalidProblemError(
+                f"`OptimizationProblem(u0=...)`: leaf {_where('u0', path)} has {what}; "
+                "every leaf of u0 must be a float array. Convert it (e.g. "
+                "jnp.asarray(x, float)), or for an equinox module pass only its array "
+                "leaves (eqx.partition(model, eqx.is_inexact_array))."
+            )
+        values = np.asarray(leaf)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.flatnonzero(~np.isfinite(values.ravel()))[0])
+            raise InvalidProblemError(
+                f"`OptimizationProblem(u0=...)`: {_where('u0', path)} holds a non-finite "
+                f"value ({values.ravel()[bad]}) at flat index {bad}; pass a finite "
+                "starting point."
+            )
+
+
+def _is_arraylike(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, int))
+
+
+def _broadcast_like_u0(value: Any, u0: Any, arg: str) -> Any:
+    """`value` as a pytree of NumPy arrays shaped like `u0`'s leaves."""
+    u0_def = jax.tree.structure(u0)
+    if np.ndim(value) == 0 and not isinstance(value, (dict, list, tuple)):
+        return jax.tree.map(lambda leaf: np.full(np.shape(leaf), value, float), u0)
+    value_def = jax.tree.structure(value)
+    if value_def != u0_def:
+        raise InvalidProblemError(
+            f"`OptimizationProblem({arg}=...)` has pytree structure {value_def} but u0 has "
+            f"{u0_def}; pass a scalar or a pytree shaped like u0."
+        )
+
+    def leaf(path, v, ref):
+        v = np.asarray(v, float)
+        if v.shape != np.shape(ref) and v.ndim != 0:
+            raise InvalidProblemError(
+                f"`OptimizationProblem({arg}=...)`: {_where(arg, jax.tree_util.keystr(path))} "
+                f"has shape {v.shape} but u0 has shape {np.shape(ref)} there; pass a "
+                "scalar or an array of u0's shape."
+            )
+        return np.broadcast_to(v, np.shape(ref)).copy()
+
+    return jax.tree_util.tree_map_with_path(leaf, value, u0)
+
+
+def _check_bounds(u0: Any, lb: Any, ub: Any) -> tuple[Any, Any]:
+    if (lb is None) != (ub is None):
+        given, missing = ("lb", "ub") if ub is None else ("ub", "lb")
+        raise InvalidProblemError(
+            f"`OptimizationProblem({given}=...)` was given without `{missing}`; pass both "
+            f"(use {'jnp.inf' if missing == 'ub' else '-jnp.inf'} for an unbounded side)."
+        )
+    if lb is None:
+        return None, None
+    lb = _broadcast_like_u0(lb, u0, "lb")
+    ub = _broadcast_like_u0(ub, u0, "ub")
+    for (path, lo), hi, x in zip(_leaf_paths(lb), jax.tree.leaves(ub), jax.tree.leaves(u0)):
+        if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+            raise InvalidProblemError(
+                f"`OptimizationProblem(lb=..., ub=...)`: {_where('lb/ub', path)} holds NaN; "
+                "use -jnp.inf / jnp.inf for an unbounded side."
+            )
+        if np.any(lo > hi):
+            i = int(np.flatnonzero((lo > hi).ravel())[0])
+            raise InvalidProblemError(
+                f"`OptimizationProblem(lb=..., ub=...)`: lb > ub at {_where('lb', path)} flat "
+                f"index {i} ({lo.ravel()[i]} > {hi.ravel()[i]}); every lower bound must be "
+                "at most its upper bound."
+            )
+        x = np.asarray(x)
+        outside = (x < lo) | (x > hi)
+        if np.any(outside):
+            i = int(np.flatnonzero(outside.ravel())[0])
+            raise InvalidProblemError(
+                f"`OptimizationProblem(u0=...)`: {_where('u0', path)} flat index {i} is "
+                f"{x.ravel()[i]}, outside [{lo.ravel()[i]}, {hi.ravel()[i]}]; start inside "
+                "the bounds (e.g. u0 = jnp.clip(u0, lb, ub))."
+            )
+    return lb, ub
+
+
+def _check_cons(f: OptimizationFunction, lcons: Any, ucons: Any) -> tuple[Any, Any]:
+    if (lcons is None) != (ucons is None):
+        given, missing = ("lcons", "ucons") if ucons is None else ("ucons", "lcons")
+        raise InvalidProblemError(
+            f"`OptimizationProblem({given}=...)` was given without `{missing}`; pass both "
+            "(an entry with lcons == ucons is an equality, use ±jnp.inf for a free side)."
+        )
+    if lcons is None:
+        if f.cons is not None:
+            raise InvalidProblemError(
+                "`OptimizationFunction(cons=...)` is set but the problem has no "
+                "`lcons`/`ucons`; pass both to `OptimizationProblem`."
+            )
+        return None, None
+    if f.cons is None:
+        raise InvalidProblemError(
+            "`OptimizationProblem(lcons=..., ucons=...)` bound constraints but the function "
+            "has none; pass `OptimizationFunction(fun, cons=...)`."
+        )
+    lcons = np.atleast_1d(np.asarray(lcons, float))
+    ucons = np.atleast_1d(np.asarray(ucons, float))
+    if lcons.ndim != 1 or lcons.shape != ucons.shape:
+        raise InvalidProblemError(
+            f"`OptimizationProblem(lcons=..., ucons=...)` must be 1-D arrays of one length, "
+            f"got shapes {lcons.shape} and {ucons.shape}."
+        )
+    if np.any(lcons > ucons):
+        i = int(np.flatnonzero(lcons > ucons)[0])
+        raise InvalidProblemError(
+            f"`OptimizationProblem(lcons=..., ucons=...)`: lcons[{i}] = {lcons[i]} > "
+            f"ucons[{i}] = {ucons[i]}; every lower constraint bound must be at most its upper."
+        )
+    return lcons, ucons
+
+
+def _check_integrality(u0: Any, integrality: Any) -> Any:
+    if integrality is None:
+        return None
+    if isinstance(integrality, bool):
+        return jax.tree.map(lambda leaf: np.full(np.shape(leaf), integrality), u0)
+    if jax.tree.structure(integrality) != jax.tree.structure(u0):
+        raise InvalidProblemError(
+            "`OptimizationProblem(integrality=...)` must be a bool or a pytree of bools "
+            "shaped like u0."
+        )
+
+    def leaf(path, v, ref):
+        v = np.asarray(v)
+        if v.dtype != bool or (v.shape != np.shape(ref) and v.ndim != 0):
+            raise InvalidProblemError(
+                f"`OptimizationProblem(integrality=...)`: "
+                f"{_where('integrality', jax.tree_util.keystr(path))} must be bools of "
+                f"shape {np.shape(ref)}, got {v.dtype} of shape {v.shape}."
+            )
+        return np.broadcast_to(v, np.shape(ref)).copy()
+
+    return jax.tree_util.tree_map_with_path(leaf, integrality, u0)
+
+
+class OptimizationProblem:
+    """An objective, a starting point and everything that constrains the search.
+
+    Problems are immutable: `remake` returns a new one.
+
+    Args:
+        f: an `OptimizationFunction`, or a plain `fun(u, p)` (wrapped with ad="jax").
+        u0: the starting point, an array or a pytree (dict, list, tuple) of float arrays.
+        p: the parameters passed to `fun`, or a data iterator (an `opf.DataLoader`, or any
+            iterable that is not a pytree of arrays), walked one batch per iteration.
+        lb, ub: box bounds, scalars or pytrees shaped like `u0`; both or neither.
+        lcons, ucons: bounds of `f.cons(u, p)`, 1-D; both or neither.
+        integrality: bools shaped like `u0`, True where a variable is an integer.
+        sense: `MinSense` (default) or `MaxSense`.
+        **solver_kwargs: default keywords for `solve` (its own keywords override them).
+
+    Raises:
+        InvalidProblemError: naming the argument and the fix.
+
+    Example:
+        >>> prob = OptimizationProblem(lambda u, p: ((u - p) ** 2).sum(), jnp.zeros(2), 1.0)
+    """
+
+    __slots__ = ("f", "u0", "p", "lb", "ub", "lcons", "ucons", "integrality", "sense", "kwargs")
+
+    def __init__(
+        self,
+        f: OptimizationFunction | Callable[..., Any],
+        u0: Any,
+        p: Any = None,
+        *,
+        lb: Any = None,
+        ub: Any = None,
+        lcons: Any = None,
+        ucons: Any = None,
+        integrality: Any = None,
+        sense: ObjSense = MinSense,
+        **solver_kwargs: Any,
+    ) -> None:
+        if not isinstance(f, OptimizationFunction):
+            if not callable(f):
+                raise InvalidProblemError(
+                    f"`OptimizationProblem(f=...)` must be an OptimizationFunction or a "
+                    f"callable fun(u, p), got {type(f).__name__}."
+                )
+            f = OptimizationFunction(f)
+        if not isinstance(sense, ObjSense):
+            raise InvalidProblemError(
+                f"`OptimizationProblem(sense={sense!r})` must be opf.MinSense or opf.MaxSense."
+            )
+        _check_u0(u0)
+        lb, ub = _check_bounds(u0, lb, ub)
+        lcons, ucons = _check_cons(f, lcons, ucons)
+        integrality = _check_integrality(u0, integrality)
+        values = dict(
+            f=f, u0=u0, p=p, lb=lb, ub=ub, lcons=lcons, ucons=ucons,
+            integrality=integrality, sense=sense, kwargs=dict(solver_kwargs),
+        )
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"OptimizationProblem is immutable; use prob.remake({name}=...) for a new one."
+        )
+
+    @property
+    def has_bounds(self) -> bool:
+        return self.lb is not None
+
+    @property
+    def has_constraints(self) -> bool:
+        return self.lcons is not None
+
+    @property
+    def has_integrality(self) -> bool:
+        return self.integrality is not None and any(
+            bool(np.any(leaf)) for leaf in jax.tree.leaves(self.integrality)
+        )
+
+    def remake(self, **changes: Any) -> OptimizationProblem:
+        """A new problem with the given fields replaced (validated anew).
+
+        Example:
+            >>> prob2 = prob.remake(u0=sol.u)
+        """
+        fields = dict(
+            f=self.f, u0=self.u0, p=self.p, lb=self.lb, ub=self.ub, lcons=self.lcons,
+            ucons=self.ucons, integrality=self.integrality, sense=self.sense,
+        )
+        kwargs = dict(self.kwargs)
+        for name, value in changes.items():
+            if name in fields:
+                fields[name] = value
+            else:
+                kwargs[name] = value
+        return OptimizationProblem(**fields, **kwargs)
+
+    def __repr__(self) -> str:
+        shapes = jax.tree.map(np.shape, self.u0)
+        extras = [
+            name for name, on in (
+                ("bounds", self.has_bounds), ("constraints", self.has_constraints),
+                ("integrality", self.has_integrality),
+            ) if on
+        ]
+        return f"OptimizationProblem(u0 shapes={shapes}, sense={self.sense.name}, {extras})"
+
+
+def remake(prob: OptimizationProblem, **changes: Any) -> OptimizationProblem:
+    """`prob.remake(**changes)`: a new problem with the given fields replaced."""
+    return prob.remake(**changes)

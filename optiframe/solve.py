@@ -1,0 +1,260 @@
+"""`solve`: resolve the algorithm, validate the common keywords, check capabilities once,
+dispatch to the backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from .backends.base import (
+    COMMON_KEYWORDS,
+    Algorithm,
+    SolveOptions,
+    registered_algorithms,
+    resolve,
+)
+from .data import DataLoader, batches_per_epoch, is_data_iterator, is_one_shot
+from .derivatives import check_objective, derivatives
+from .errors import InvalidProblemError, OptiframeError, UnsupportedFeatureError
+from .flat import to_device
+from .problem import OptimizationProblem
+from .progress import as_progress
+from .solution import OptimizationSolution
+
+_DEFAULTS = dict(
+    maxiters=None, maxtime=None, abstol=None, reltol=None, callback=None, progress=False,
+    epochs=None, warm_start=None, save_best=False,
+)
+
+
+def solve(
+    prob: OptimizationProblem,
+    alg: Any,
+    *,
+    maxiters: int | None = None,
+    maxtime: float | None = None,
+    abstol: float | None = None,
+    reltol: float | None = None,
+    callback: Callable[..., Any] | None = None,
+    progress: Any = False,
+    epochs: int | None = None,
+    warm_start: OptimizationSolution | None = None,
+    save_best: bool = False,
+    **solver_options: Any,
+) -> OptimizationSolution:
+    """Solve `prob` with `alg`.
+
+    Args:
+        prob: the problem.
+        alg: an `optax.GradientTransformation`, an optiframe algorithm object, or a
+            registered name such as "adam" (unknown names list the close matches).
+        maxiters: iteration budget (for a data iterator: total steps over all epochs).
+        maxtime: wall-time budget in seconds; exceeding it returns `MaxTime`.
+        abstol: absolute tolerance of the backend's convergence test (see the docs' table).
+        reltol: relative tolerance of the backend's convergence test.
+        callback: `callback(state, loss) -> bool | None`, called once per iteration with
+            an `OptimizationState`; returning True stops with `Terminated`.
+        progress: True or an `opf.ProgressBar` shows a tqdm bar.
+        epochs: passes over a data iterator `p`.
+        warm_start: a solution of the same algorithm to continue from (its `state`).
+        save_best: return the iterate with the lowest objective seen instead of the last.
+        **solver_options: passed to the backend untouched.
+
+    Returns:
+        An `OptimizationSolution`.
+
+    Raises:
+        UnsupportedFeatureError: `alg` cannot handle the problem or a keyword.
+        InvalidProblemError: a keyword has a bad value.
+        ObjectiveError: the objective is not scalar or not traceable.
+
+    Example:
+        >>> sol = opf.solve(prob, optax.adam(1e-2), maxiters=1000)
+        >>> sol.u, sol.objective, sol.retcode
+    """
+    if not isinstance(prob, OptimizationProblem):
+        raise OptiframeError(
+            f"`solve(prob, ...)`: prob must be an opf.OptimizationProblem, got "
+            f"{type(prob).__name__}."
+        )
+    given = dict(
+        maxiters=maxiters, maxtime=maxtime, abstol=abstol, reltol=reltol, callback=callback,
+        progress=progress, epochs=epochs, warm_start=warm_start, save_best=save_best,
+    )
+    keywords = {
+        name: value if value is not _DEFAULTS[name] else prob.kwargs.get(name, value)
+        for name, value in given.items()
+    }
+    extra = {k: v for k, v in prob.kwargs.items() if k not in COMMON_KEYWORDS}
+    algorithm = resolve(alg)
+    options = _validated_options(prob, keywords, {**extra, **solver_options})
+    check_capabilities(algorithm, prob, options)
+    if prob.f.ad == "jax" and (isinstance(prob.p, DataLoader) or not is_data_iterator(prob.p)):
+        check_objective(prob.f, to_device(prob.u0), _sample(prob.p))
+    start = time.perf_counter()
+    sol = algorithm.solve(prob, options)
+    stats = dataclasses.replace(sol.stats, time=time.perf_counter() - start)
+    return dataclasses.replace(sol, stats=stats, problem=prob, alg=algorithm)
+
+
+def _sample(p: Any) -> Any:
+    """What `fun` receives as `p` in one iteration, as shapes, for tracing the objective."""
+    if isinstance(p, DataLoader):
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct((p.batch_size,) + a.shape[1:], a.dtype), p.arrays
+        )
+    return p
+
+
+def _count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+        raise InvalidProblemError(f"`solve({name}={value!r})` must be a positive integer.")
+    return int(value)
+
+
+def _tolerance(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise InvalidProblemError(f"`solve({name}={value!r})` must be a number >= 0.")
+    return float(value)
+
+
+def _validated_options(
+    prob: OptimizationProblem, kw: dict[str, Any], solver_options: dict[str, Any]
+) -> SolveOptions:
+    maxiters = _count("maxiters", kw["maxiters"])
+    epochs = _count("epochs", kw["epochs"])
+    maxtime = kw["maxtime"]
+    if maxtime is not None and (not isinstance(maxtime, (int, float)) or not maxtime > 0):
+        raise InvalidProblemError(f"`solve(maxtime={maxtime!r})` must be seconds > 0.")
+    callback = kw["callback"]
+    if callback is not None and not callable(callback):
+        raise InvalidProblemError(
+            "`solve(callback=...)` must be callable as callback(state, loss) -> bool | None."
+        )
+    warm_start = kw["warm_start"]
+    if warm_start is not None and not isinstance(warm_start, OptimizationSolution):
+        raise InvalidProblemError(
+            "`solve(warm_start=...)` must be an OptimizationSolution from an earlier solve."
+        )
+    if is_data_iterator(prob.p):
+        maxiters, epochs = _data_budget(prob.p, maxiters, epochs)
+    elif epochs is not None:
+        raise InvalidProblemError(
+            "`solve(epochs=...)` counts passes over a data iterator, but `p` is not one; "
+            "pass maxiters=, or make p an opf.DataLoader."
+        )
+    return SolveOptions(
+        maxiters=maxiters,
+        maxtime=None if maxtime is None else float(maxtime),
+        abstol=_tolerance("abstol", kw["abstol"]),
+        reltol=_tolerance("reltol", kw["reltol"]),
+        callback=callback,
+        progress=as_progress(kw["progress"]),
+        epochs=epochs,
+        warm_start=warm_start,
+        save_best=bool(kw["save_best"]),
+        solver_options=solver_options,
+    )
+
+
+def _data_budget(p: Any, maxiters: int | None, epochs: int | None) -> tuple[int | None, int | None]:
+    """(total steps, passes) over a data iterator; None where only walking it can tell."""
+    if maxiters is None and epochs is None:
+        raise InvalidProblemError(
+            "`p` is a data iterator: pass epochs= (passes over the data) or maxiters= "
+            "(total steps)."
+        )
+    if is_one_shot(p):
+        if epochs not in (None, 1):
+            raise InvalidProblemError(
+                f"`p` is a one-shot iterator (e.g. a generator) and can be walked once, but "
+                f"epochs={epochs} asks for more; pass a re-iterable (a list wrapped in a "
+                "class with __iter__, or an opf.DataLoader), or epochs=1."
+            )
+        return maxiters, 1
+    nbatches = batches_per_epoch(p)
+    if nbatches == 0:
+        raise InvalidProblemError("`p` is a data iterator with no batches.")
+    if nbatches is None:
+        return maxiters, epochs
+    if epochs is None:
+        return maxiters, math.ceil(maxiters / nbatches)
+    if maxiters is None:
+        return epochs * nbatches, epochs
+    if maxiters != epochs * nbatches:
+        raise InvalidProblemError(
+            f"`solve(maxiters={maxiters}, epochs={epochs})` disagree: {epochs} epochs of "
+            f"{nbatches} batches are {epochs * nbatches} iterations. Pass only one of them."
+        )
+    return maxiters, epochs
+
+
+_FEATURES = {
+    "bounds": ("box bounds (lb/ub)", "remove lb/ub"),
+    "constraints": ("constraints (lcons/ucons)", "remove the constraints"),
+    "integrality": ("integer variables (integrality)", "remove integrality"),
+    "data": (
+        "a data iterator as p",
+        "pass the full data set as p (e.g. loader.arrays)",
+    ),
+}
+
+
+def _who_can(test: Callable[[Algorithm], bool]) -> str:
+    names = [name for name, alg in registered_algorithms().items() if test(alg)]
+    if not names:
+        return "no registered algorithm does yet"
+    shown = ", ".join(repr(n) for n in names[:10])
+    return f"algorithms that do: {shown}" + (", ..." if len(names) > 10 else "")
+
+
+def check_capabilities(alg: Algorithm, prob: OptimizationProblem, options: SolveOptions) -> None:
+    """Raise `UnsupportedFeatureError` if `alg` cannot handle `prob` or `options`.
+
+    Called once by `solve`, before any work.
+    """
+    caps = alg.capabilities
+    present = {
+        "bounds": prob.has_bounds,
+        "constraints": prob.has_constraints,
+        "integrality": prob.has_integrality,
+        "data": is_data_iterator(prob.p),
+    }
+    for feature, is_present in present.items():
+        if is_present and not getattr(caps, feature):
+            what, fix = _FEATURES[feature]
+            others = _who_can(lambda a, f=feature: getattr(a.capabilities, f))
+            raise UnsupportedFeatureError(
+                f"{alg!r} does not support {what}. Either {fix}, or use an algorithm that "
+                f"does ({others})."
+            )
+    for name in COMMON_KEYWORDS:
+        value = getattr(options, name)
+        if value not in (None, False) and name not in caps.keywords:
+            others = _who_can(lambda a, n=name: n in a.capabilities.keywords)
+            raise UnsupportedFeatureError(
+                f"{alg!r} does not support the `{name}` keyword. Remove it, or use an "
+                f"algorithm that does ({others})."
+            )
+    derivs = derivatives(prob.f, prob.sense)
+    available = {
+        "grad": derivs.value_and_grad, "hess": derivs.hess, "hvp": derivs.hvp,
+        "cons_jac": derivs.cons_jac if prob.has_constraints else True,
+    }
+    for need in sorted(caps.needs):
+        if available[need] is None:
+            raise UnsupportedFeatureError(
+                f"{alg!r} needs the objective's {need} but "
+                f"OptimizationFunction(ad={prob.f.ad!r}) provides none: pass {need}=... to "
+                "OptimizationFunction, use ad='jax' (or 'finite'), or choose a "
+                f"derivative-free algorithm ({_who_can(lambda a: not a.capabilities.needs)})."
+            )
