@@ -566,7 +566,9 @@ class _Run:
 
     # -- the result
 
-    def _solution(self, retcode: ReturnCode | None, message: str, last_p: Any) -> OptimizationSolution:
+    def _solution(
+        self, retcode: ReturnCode | None, message: str, last_p: Any
+    ) -> OptimizationSolution:
         carry, program, sign = self.carry, self.program, self.sign
         status = int(carry.status)
         fevals, gevals = int(carry.fevals), int(carry.gevals)

@@ -1,0 +1,20 @@
+"""Developer sessions: `nox -s tests` (float32 and float64) and `nox -s lint`."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, once with JAX's default float32 and once with JAX_ENABLE_X64=1."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs, env={"JAX_ENABLE_X64": "0"})
+    session.run("pytest", *session.posargs, env={"JAX_ENABLE_X64": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests, examples and benchmarks."""
+    session.install("ruff")
+    session.run("ruff", "check", "optiframe", "tests", "examples", "benchmarks", "noxfile.py")
