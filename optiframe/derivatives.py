@@ -131,26 +131,29 @@ def _build(f: OptimizationFunction, sign: float) -> Derivatives:
 def _finite(f: OptimizationFunction, sign: float) -> Derivatives:
     """Central differences on the host, reached from JAX through `pure_callback`."""
 
-    def host_value(x: np.ndarray, unravel, p) -> float:
+    # JAX hands callbacks JAX arrays; the user's NumPy code gets NumPy (float64 for u).
+    host = lambda x, p: (np.asarray(x, float), jax.tree.map(np.asarray, p))  # noqa: E731
+
+    def host_value(x: np.ndarray, p, unravel) -> float:
         return sign * float(f.fun(unravel(x), p))
 
-    def host_grad(x: np.ndarray, unravel, p) -> np.ndarray:
+    def host_grad(x: np.ndarray, p, unravel) -> np.ndarray:
         g = np.empty_like(x)
         for i in range(x.size):
             h = np.cbrt(np.finfo(float).eps) * max(1.0, abs(x[i]))
             e = np.zeros_like(x)
             e[i] = h
-            g[i] = (host_value(x + e, unravel, p) - host_value(x - e, unravel, p)) / (2 * h)
+            g[i] = (host_value(x + e, p, unravel) - host_value(x - e, p, unravel)) / (2 * h)
         return g
 
     def value(u, p):
         x, _ = ravel(u)
         unravel = host_unraveler(u)
-        fn = lambda x, p: np.asarray(host_value(np.asarray(x, float), unravel, p), x.dtype)  # noqa: E731
+        fn = lambda x, p: np.asarray(host_value(*host(x, p), unravel), x.dtype)  # noqa: E731
         return jax.pure_callback(fn, jax.ShapeDtypeStruct((), x.dtype), x, p)
 
     def grad_flat(x, unravel, p):
-        fn = lambda x, p: host_grad(np.asarray(x, float), unravel, p).astype(x.dtype)  # noqa: E731
+        fn = lambda x, p: host_grad(*host(x, p), unravel).astype(x.dtype)  # noqa: E731
         return jax.pure_callback(fn, jax.ShapeDtypeStruct(x.shape, x.dtype), x, p)
 
     def value_aux(u, p):

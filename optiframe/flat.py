@@ -29,7 +29,7 @@ def restore_like(u: Any, u0: Any) -> Any:
         if isinstance(ref, jax.Array):
             return jnp.asarray(x, dtype=ref.dtype)
         if isinstance(ref, (np.ndarray, np.generic)):
-            return np.asarray(x, dtype=np.result_type(ref))
+            return np.asarray(x, dtype=ref.dtype)
         return float(np.asarray(x))
 
     return jax.tree.map(leaf, u, u0)

@@ -110,7 +110,7 @@ def _check_u0(u0: Any) -> None:
             "as an array or a pytree (dict, list, tuple) of float arrays."
         )
     for path, leaf in leaves:
-        dtype = np.result_type(leaf) if _is_arraylike(leaf) else None
+        dtype = _dtype(leaf) if _is_arraylike(leaf) else None
         if dtype is None or not np.issubdtype(dtype, np.floating):
             what = f"dtype {dtype}" if dtype is not None else f"type {type(leaf).__name__}"
             raise InvalidProblemError(
@@ -127,6 +127,10 @@ def _check_u0(u0: Any) -> None:
                 f"value ({values.ravel()[bad]}) at flat index {bad}; pass a finite "
                 "starting point."
             )
+
+
+def _dtype(x: Any) -> np.dtype:
+    return x.dtype if hasattr(x, "dtype") else np.result_type(x)
 
 
 def _is_arraylike(x: Any) -> bool:

@@ -199,8 +199,6 @@ class _Program:
 
     def _update(self, carry: _Carry, grad: Any, loss: Any, p: Any, lb: Any, ub: Any):
         tx, params = self.spec.transform, carry.params
-        if self.spec.lookahead:
-            grad = optax.LookaheadParams(fast=grad, slow=grad)
         if isinstance(tx, optax.GradientTransformationExtraArgs):
             value_fn = lambda w: self.derivs.value(w, p)  # noqa: E731
             updates, opt_state = tx.update(

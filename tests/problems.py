@@ -1,0 +1,83 @@
+"""Problems with known optima, and the algorithms expected to solve them.
+
+Tests cross these tables (see test_optax.py): a problem x algorithm matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    name: str
+    fun: Callable[..., Any]
+    u0: Any
+    p: Any
+    u_star: Any  # the minimiser
+    f_star: float  # the minimum
+
+
+def quadratic(u, p):
+    return jnp.sum((u - p) ** 2)
+
+
+def rosenbrock(u, p):
+    return (p[0] - u[0]) ** 2 + p[1] * (u[1] - u[0] ** 2) ** 2
+
+
+def pytree_quadratic(u, p):
+    return jnp.sum((u["w"] - p) ** 2) + (u["b"][0] - 1.0) ** 2 + jnp.sum((u["b"][1] + 2.0) ** 2)
+
+
+TARGET = np.array([1.0, -2.0, 3.0])
+
+QUADRATIC = Problem("quadratic", quadratic, jnp.full(3, 0.5), jnp.asarray(TARGET), TARGET, 0.0)
+ROSENBROCK = Problem(
+    "rosenbrock", rosenbrock, jnp.zeros(2), jnp.array([1.0, 100.0]), np.ones(2), 0.0
+)
+PYTREE = Problem(
+    "pytree",
+    pytree_quadratic,
+    {"w": jnp.zeros(3), "b": [jnp.zeros(()), jnp.zeros(2)]},
+    jnp.asarray(TARGET),
+    {"w": TARGET, "b": [np.array(1.0), np.full(2, -2.0)]},
+    0.0,
+)
+
+
+def _decay(lr: float) -> optax.Schedule:
+    return optax.cosine_decay_schedule(lr, 1000)
+
+
+# Every optimizer of the braintools advanced-optimizers tutorial, configured to reach the
+# quadratic's minimiser in 1000 steps; the tolerance is on max |u - u*|.
+TUTORIAL_OPTIMIZERS: dict[str, tuple[Callable[[], optax.GradientTransformation], float]] = {
+    "Adam": (lambda: optax.adam(0.1), 1e-4),
+    "AdamW": (lambda: optax.adamw(0.1, weight_decay=0.0), 1e-4),
+    "Lion": (lambda: optax.lion(_decay(0.05)), 1e-4),
+    "Adafactor": (lambda: optax.adafactor(0.1), 1e-4),
+    "Lookahead": (lambda: optax.lookahead(optax.sgd(0.1, momentum=0.9), 5, 0.5), 1e-4),
+    "RAdam": (lambda: optax.radam(0.1), 1e-4),
+    "LAMB": (lambda: optax.lamb(_decay(0.1)), 1e-4),
+    "LARS": (lambda: optax.lars(_decay(0.05), weight_decay=0.0, trust_coefficient=0.1), 1e-3),
+    "SM3": (lambda: optax.sm3(0.5), 1e-4),
+    "L-BFGS": (lambda: optax.lbfgs(), 1e-4),
+    "Rprop": (lambda: optax.rprop(0.1), 1e-4),
+    "Yogi": (lambda: optax.yogi(0.1), 1e-4),
+    "SGD with momentum": (lambda: optax.sgd(0.05, momentum=0.9), 1e-4),
+}
+
+
+def max_error(u: Any, u_star: Any) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_star))
+    )
