@@ -201,13 +201,27 @@ _TRACE_ERRORS = (
 )
 
 
+def _signature(tree: Any) -> tuple[Any, ...]:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(
+        (np.shape(x), np.result_type(x.dtype if hasattr(x, "dtype") else x))
+        if isinstance(x, (jax.Array, np.ndarray, np.generic, float, int, jax.ShapeDtypeStruct))
+        else type(x)
+        for x in leaves
+    )
+
+
 def check_objective(f: OptimizationFunction, u: Any, p: Any) -> None:
-    """Trace `f.fun(u, p)` once (no evaluation) and check it returns a scalar.
+    """Trace `f.fun(u, p)` (no evaluation; once per shapes of `u` and `p`) and check it
+    returns a scalar.
 
     Raises:
         ObjectiveError: the objective is not traceable with ad="jax", or not scalar.
     """
     if f.ad == "finite":
+        return
+    key = ("checked", _signature(u), _signature(p))
+    if key in f._cache:
         return
     try:
         out = jax.eval_shape(f.fun, u, p)
@@ -236,3 +250,4 @@ def check_objective(f: OptimizationFunction, u: Any, p: Any) -> None:
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise ObjectiveError(f"The objective must return a float, got dtype {out.dtype}.")
+    f._cache[key] = True

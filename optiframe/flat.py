@@ -12,8 +12,14 @@ from jax.flatten_util import ravel_pytree
 
 
 def to_device(u0: Any) -> Any:
-    """`u0` as a pytree of JAX arrays (float32 unless JAX_ENABLE_X64 is set)."""
-    return jax.tree.map(jnp.asarray, u0)
+    """`u0` as a pytree of strongly typed JAX arrays (float64 leaves become float32 unless
+    JAX_ENABLE_X64 is set), so equal shapes and dtypes always hit the same compiled code."""
+
+    def leaf(x):
+        dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+        return jnp.asarray(x, dtype=jax.dtypes.canonicalize_dtype(dtype))
+
+    return jax.tree.map(leaf, u0)
 
 
 def ravel(u: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .errors import OptiframeError
+from .errors import InvalidProblemError, OptiframeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ def as_progress(progress: Any) -> ProgressBar | None:
         return ProgressBar()
     if isinstance(progress, ProgressBar):
         return progress
-    raise OptiframeError(
+    raise InvalidProblemError(
         f"`solve(progress={progress!r})` must be True, False or an opf.ProgressBar."
     )
 

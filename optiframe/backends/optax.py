@@ -337,11 +337,7 @@ def _program(problem: OptimizationProblem, spec: _Spec) -> _Program:
 # --------------------------------------------------------------------------- a run
 
 
-class _Stop(Exception):
-    """Raised inside the stepwise driver to leave the loop with a return code."""
-
-    def __init__(self, retcode: ReturnCode, message: str) -> None:
-        self.retcode, self.message = retcode, message
+_END = object()  # the end of the stepwise driver's batches
 
 
 class _Run:
@@ -520,8 +516,8 @@ class _Run:
             every = self.options.progress.interval(self.options.maxiters)
         batches = self._batches()
         step = lambda c, b: program.step(c, b, self.lb, self.ub, self.tol)  # noqa: E731
-        batch = next(batches, None)
-        if batch is None:
+        batch = next(batches, _END)
+        if batch is _END:
             raise OptiframeError("`p` is a data iterator that yielded no batch.")
         before = self.carry
         pending = step(before, batch)
@@ -529,8 +525,8 @@ class _Run:
         while True:
             k += 1
             after, (loss, grad, aux) = pending
-            next_batch = next(batches, None)
-            nxt = step(after, next_batch) if next_batch is not None else None
+            next_batch = next(batches, _END)
+            nxt = step(after, next_batch) if next_batch is not _END else None
             self.carry = after
             if callback is not None:
                 objective = self.sign * float(loss)
