@@ -191,8 +191,8 @@ class _Program:
         have = jnp.isfinite(stored.value)
         loss, grad = jax.lax.cond(
             have,
-            lambda: (stored.value.astype(carry.loss.dtype), stored.grad),
-            lambda: (lambda out: (out[0][0], out[1]))(vg(point, p)),
+            lambda: (stored.value.astype(jnp.result_type(float)), stored.grad),
+            lambda: (lambda out: (out[0][0].astype(jnp.result_type(float)), out[1]))(vg(point, p)),
         )
         fresh = jnp.where(have, 0, 1)
         return loss, None, grad, fresh * cost, fresh
@@ -217,9 +217,9 @@ class _Program:
                 params = optax.projections.projection_box(params, lb, ub)
         fevals = gevals = jnp.zeros((), jnp.int32)
         for node in _linesearch_states(opt_state):
-            fevals += node.info.num_linesearch_steps
+            fevals += node.info.num_linesearch_steps.astype(jnp.int32)
             if isinstance(node, optax.ScaleByZoomLinesearchState):
-                gevals += node.info.num_linesearch_steps
+                gevals += node.info.num_linesearch_steps.astype(jnp.int32)
             elif node.grad is not None:
                 gevals += 1
         return params, opt_state, fevals, gevals
@@ -233,6 +233,7 @@ class _Program:
         self.traces += 1
         running = carry.status == RUNNING
         loss, aux, grad, fe, ge = self._evaluate(carry, p)
+        loss = loss.astype(carry.loss.dtype)
         finite = jnp.isfinite(loss)
         status = jnp.where(finite, RUNNING, NONFINITE)
         if self.spec.abstol:
@@ -383,13 +384,12 @@ class _Run:
         self.program = _program(problem, self.spec)
         self.sign = self.program.derivs.sign
         u = to_device(problem.u0)
-        self.dtype = jnp.result_type(*jax.tree.leaves(u))
         self.lb = self.ub = None
         if problem.has_bounds:
             self.lb = jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), problem.lb, u)
             self.ub = jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), problem.ub, u)
         self.tol = jnp.asarray(
-            [options.abstol or 0.0, options.reltol or 0.0], dtype=self.dtype
+            [options.abstol or 0.0, options.reltol or 0.0], jnp.result_type(float)
         )
         self.carry = self._initial_carry(u)
 
@@ -419,7 +419,7 @@ class _Run:
         if self.spec.data == "loader":
             order = self.loader.order(int(steps) // len(self.loader))
         zero = jnp.zeros((), jnp.int32)
-        inf = jnp.asarray(jnp.inf, self.dtype)
+        inf = jnp.asarray(jnp.inf, jnp.result_type(float))  # the widest float JAX allows
         return _Carry(
             params=params, opt_state=opt_state, steps=jnp.asarray(steps, jnp.int32),
             iterations=zero, loss=inf, best_u=self.program.eval_point(params),
