@@ -115,7 +115,7 @@ class DataLoader:
 def is_data_iterator(p: Any) -> bool:
     """True for a `DataLoader`, or any iterable that is not an array or a pytree of
     arrays (a generator, a custom re-iterable, a torch loader)."""
-    if isinstance(p, DataLoader):
+    if isinstance(p, (DataLoader, Iterator)):
         return True
     if isinstance(p, (str, bytes, np.ndarray, jax.Array)) or p is None:
         return False
