@@ -1,0 +1,27 @@
+"""Every example runs, at a small size."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart_runs_and_fits(capsys):
+    result = load("quickstart").main(["--quick"])
+    assert result["rosenbrock"] < 1e-8
+    assert result["mlp"] < result["mlp_adam"] * 2
+    assert "L-BFGS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+def test_every_example_has_a_quick_mode(path):
+    assert "--quick" in path.read_text()
