@@ -160,7 +160,6 @@ class _Program:
 
     def __init__(self, derivs: Derivatives, spec: _Spec) -> None:
         self.derivs, self.spec = derivs, spec
-        self.traces = 0  # how many times the step has been traced (tests read it)
         self.progress_hook: Callable[[Any, Any], None] = lambda iteration, loss: None
         self.init = jax.jit(self._init)
         self.step = jax.jit(self._step)
@@ -228,9 +227,9 @@ class _Program:
         """One iteration: evaluate at the current iterate, test, update unless stopped.
 
         Once `carry.status` is not RUNNING a step changes nothing and counts nothing.
-        Returns the new carry and (loss, grad, aux) at the evaluated iterate.
+        Returns the new carry and (fun, its gradient, aux) at the evaluated iterate, in the
+        user's sign (not negated under MaxSense).
         """
-        self.traces += 1
         running = carry.status == RUNNING
         loss, aux, grad, fe, ge = self._evaluate(carry, p)
         loss = loss.astype(carry.loss.dtype)
@@ -263,7 +262,8 @@ class _Program:
             gevals=carry.gevals + jnp.where(running, ge + jnp.where(go, ls_ge, 0), 0),
             status=jnp.where(running, status, carry.status),
         )
-        return new, (loss, grad, aux)
+        sign = self.derivs.sign
+        return new, (sign * loss, jax.tree.map(lambda g: sign * g, grad), aux)
 
     def _loader_step(
         self, carry: _Carry, arrays: Any, key: Any, lb: Any, ub: Any, tol: Any
@@ -529,12 +529,12 @@ class _Run:
             nxt = step(after, next_batch) if next_batch is not _END else None
             self.carry = after
             if callback is not None:
-                objective = self.sign * float(loss)
+                objective = float(loss)
                 state = OptimizationState(
                     iter=k,
                     u=program.eval_point(before.params),
                     objective=objective,
-                    grad=jax.tree.map(lambda g: self.sign * g, grad),
+                    grad=grad,
                     p=batch,
                     aux=aux,
                     original=before.opt_state,
@@ -546,7 +546,7 @@ class _Run:
             if (callback is not None or k % 64 == 0) and int(after.status) != RUNNING:
                 return None, "", batch
             if self.bar is not None and k % every == 0:
-                advance(self.bar, k, self.sign * float(loss))
+                advance(self.bar, k, float(loss))
             if maxtime is not None and time.perf_counter() - self.start >= maxtime:
                 return ReturnCode.MaxTime, f"maxtime={maxtime} s reached", batch
             if nxt is None:
