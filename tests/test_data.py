@@ -83,7 +83,7 @@ def loader_problem(**loader_kwargs):
 def test_every_batch_is_visited_once_per_epoch_including_the_partial_one():
     seen = []
     prob = loader_problem(batch_size=16, shuffle=True, key=jax.random.key(0))
-    sol = opf.solve(prob, optax.sgd(0.05), epochs=3, callback=lambda s, l: seen.append(s.p[2]))
+    sol = opf.solve(prob, optax.sgd(0.05), epochs=3, callback=lambda s, loss: seen.append(s.p[2]))
     assert sol.stats.iterations == 15 == len(seen)
     for epoch in range(3):
         ids = np.concatenate([np.asarray(b) for b in seen[5 * epoch : 5 * epoch + 5]])
@@ -96,7 +96,7 @@ def test_every_batch_is_visited_once_per_epoch_including_the_partial_one():
 def test_fused_loader_path_matches_the_stepwise_path(shuffle, batch_size):
     prob = loader_problem(batch_size=batch_size, shuffle=shuffle, key=jax.random.key(1))
     fused = opf.solve(prob, optax.adam(0.05), epochs=4)
-    stepwise = opf.solve(prob, optax.adam(0.05), epochs=4, callback=lambda s, l: None)
+    stepwise = opf.solve(prob, optax.adam(0.05), epochs=4, callback=lambda s, loss: None)
     assert fused.stats.iterations == stepwise.stats.iterations == 4 * len(prob.p)
     np.testing.assert_allclose(fused.u, stepwise.u, rtol=1e-5, atol=1e-6)
     assert fused.objective == pytest.approx(stepwise.objective, rel=1e-4)
@@ -112,7 +112,9 @@ def test_minibatch_training_recovers_the_weights():
 def test_maxiters_alone_walks_the_epochs_it_spans():
     prob = loader_problem(batch_size=16)
     seen = []
-    sol = opf.solve(prob, optax.sgd(0.01), maxiters=7, callback=lambda s, l: seen.append(s.p[2][0]))
+    sol = opf.solve(
+        prob, optax.sgd(0.01), maxiters=7, callback=lambda s, loss: seen.append(s.p[2][0])
+    )
     assert sol.stats.iterations == 7
     assert [float(i) for i in seen] == [0, 16, 32, 48, 64, 0, 16]
 
@@ -130,7 +132,9 @@ def test_any_reiterable_of_batches_is_walked_each_epoch():
     batches = Batches([(X[i : i + 20], Y[i : i + 20]) for i in range(0, N, 20)])
     seen = []
     prob = opf.OptimizationProblem(mse, jnp.zeros(D), batches)
-    sol = opf.solve(prob, optax.adam(0.05), epochs=3, callback=lambda s, l: seen.append(len(s.p[0])))
+    sol = opf.solve(
+        prob, optax.adam(0.05), epochs=3, callback=lambda s, loss: seen.append(len(s.p[0]))
+    )
     assert sol.stats.iterations == 12
     assert seen == [20, 20, 20, 10] * 3
     no_callback = opf.solve(prob, optax.adam(0.05), epochs=3)

@@ -130,8 +130,11 @@ def test_ad_none_has_only_what_the_user_gives():
     d = derivs_of(rosenbrock, ad=None)
     assert d.value_and_grad is None and d.hess is None and d.hvp is None
     with pytest.raises(opf.UnsupportedFeatureError, match=r"needs the objective's grad.*grad="):
-        opf.solve(opf.OptimizationProblem(opf.OptimizationFunction(rosenbrock, ad=None), U, P),
-                  optax.adam(1e-2), maxiters=5)
+        opf.solve(
+            opf.OptimizationProblem(opf.OptimizationFunction(rosenbrock, ad=None), U, P),
+            optax.adam(1e-2),
+            maxiters=5,
+        )
 
 
 def test_non_scalar_objective_is_an_objective_error():

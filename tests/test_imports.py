@@ -7,10 +7,7 @@ OPTIONAL = ("nevergrad", "diffrax", "equinox", "tqdm", "matplotlib", "dask", "ev
 
 
 def test_import_does_not_pull_optional_dependencies():
-    code = (
-        "import sys, optiframe\n"
-        f"print(','.join(m for m in {OPTIONAL!r} if m in sys.modules))\n"
-    )
+    code = f"import sys, optiframe\nprint(','.join(m for m in {OPTIONAL!r} if m in sys.modules))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

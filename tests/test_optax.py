@@ -19,8 +19,12 @@ def make(problem, **kwargs):
 # optax's SM3 indexes a per-axis accumulator that 0-d parameters do not have.
 SM3_SCALAR = pytest.mark.xfail(raises=IndexError, strict=True, reason="optax.sm3: 0-d leaves")
 MATRIX = [
-    pytest.param(problem, name, id=f"{problem.name}-{name}",
-                 marks=SM3_SCALAR if (problem is PYTREE and name == "SM3") else ())
+    pytest.param(
+        problem,
+        name,
+        id=f"{problem.name}-{name}",
+        marks=SM3_SCALAR if (problem is PYTREE and name == "SM3") else (),
+    )
     for problem in (QUADRATIC, PYTREE)
     for name in sorted(TUTORIAL_OPTIMIZERS)
 ]
@@ -113,7 +117,7 @@ def test_max_sense_maximises_and_reports_fun_itself():
     sol = opf.solve(prob, optax.adam(0.1), maxiters=500, save_best=True)
     assert max_error(sol.u, QUADRATIC.u_star) < 1e-4
     assert sol.objective == pytest.approx(5.0, abs=1e-6)
-    opf.solve(prob, optax.adam(0.1), maxiters=2, callback=lambda s, l: states.append(s))
+    opf.solve(prob, optax.adam(0.1), maxiters=2, callback=lambda s, loss: states.append(s))
     expected = 5.0 - float(quadratic(QUADRATIC.u0, QUADRATIC.p))
     assert states[0].objective == pytest.approx(expected, rel=1e-6)
     np.testing.assert_allclose(states[0].grad, -2 * (QUADRATIC.u0 - QUADRATIC.p), rtol=1e-6)
@@ -130,7 +134,11 @@ def test_lookahead_returns_the_slow_weights():
 
 def test_chains_and_schedules_are_algorithms():
     schedule = optax.exponential_decay(0.2, transition_steps=50, decay_rate=0.5)
-    alg = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(), optax.scale_by_learning_rate(schedule))
+    alg = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.scale_by_adam(),
+        optax.scale_by_learning_rate(schedule),
+    )
     sol = opf.solve(make(QUADRATIC), alg, maxiters=400)
     assert max_error(sol.u, QUADRATIC.u_star) < 1e-3
     assert int(sol.state.opt_state[-1].count) == 400  # the schedule's step count
@@ -139,20 +147,24 @@ def test_chains_and_schedules_are_algorithms():
 def test_general_constraints_are_unsupported():
     f = opf.OptimizationFunction(quadratic, cons=lambda u, p: jnp.array([u.sum()]))
     prob = opf.OptimizationProblem(f, QUADRATIC.u0, QUADRATIC.p, lcons=[0.0], ucons=[1.0])
-    with pytest.raises(opf.UnsupportedFeatureError, match=r"Optax\(.*\) does not support constraints"):
+    with pytest.raises(
+        opf.UnsupportedFeatureError, match=r"Optax\(.*\) does not support constraints"
+    ):
         opf.solve(prob, optax.adam(0.1), maxiters=10)
 
 
 def test_optax_needs_maxiters_and_rejects_unknown_options():
     with pytest.raises(opf.OptiframeError, match=r"needs an iteration budget.*maxiters=N"):
         opf.solve(make(QUADRATIC), optax.adam(0.1))
-    with pytest.raises(opf.OptiframeError, match=r"Unknown options for the optax backend: \['lr'\]"):
+    with pytest.raises(
+        opf.OptiframeError, match=r"Unknown options for the optax backend: \['lr'\]"
+    ):
         opf.solve(make(QUADRATIC), optax.adam(0.1), maxiters=3, lr=0.1)
 
 
 @pytest.mark.parametrize("with_callback", [False, True], ids=["fused", "stepwise"])
 def test_warm_start_continues_exactly(with_callback):
-    callback = (lambda s, l: None) if with_callback else None
+    callback = (lambda s, loss: None) if with_callback else None
     prob = make(ROSENBROCK)
     full = opf.solve(prob, optax.adam(1e-2), maxiters=100, callback=callback)
     half = opf.solve(prob, optax.adam(1e-2), maxiters=50, callback=callback)
@@ -184,7 +196,7 @@ def test_nonfinite_objective_returns_the_best_finite_iterate(with_callback):
     # The objective decreases along u and turns NaN past u = 2; SGD moves u by 0.5 a step.
     fun = lambda u, p: jnp.sum(jnp.where(u > 2.1, jnp.nan, -u))
     prob = opf.OptimizationProblem(fun, jnp.zeros(1))
-    callback = (lambda s, l: None) if with_callback else None
+    callback = (lambda s, loss: None) if with_callback else None
     sol = opf.solve(prob, optax.sgd(0.5), maxiters=100, callback=callback)
     assert sol.retcode is opf.ReturnCode.Failure
     assert "non-finite" in sol.message
@@ -224,8 +236,10 @@ def test_callback_sees_the_auxiliary_output():
     f = opf.OptimizationFunction(lambda u, p: (quadratic(u, p), {"u0": u[0]}), has_aux=True)
     seen = []
     opf.solve(
-        opf.OptimizationProblem(f, QUADRATIC.u0, QUADRATIC.p), optax.sgd(0.1), maxiters=3,
-        callback=lambda s, l: seen.append(float(s.aux["u0"])),
+        opf.OptimizationProblem(f, QUADRATIC.u0, QUADRATIC.p),
+        optax.sgd(0.1),
+        maxiters=3,
+        callback=lambda s, loss: seen.append(float(s.aux["u0"])),
     )
     assert seen[0] == pytest.approx(0.5)
     assert seen[1] == pytest.approx(0.5 - 0.1 * 2 * (0.5 - 1.0))
@@ -246,8 +260,10 @@ def test_keyboard_interrupt_returns_the_best_iterate_so_far():
 
 @pytest.mark.parametrize("with_callback", [False, True], ids=["fused", "stepwise"])
 def test_maxtime_stops_a_long_run(with_callback):
-    callback = (lambda s, l: None) if with_callback else None
-    sol = opf.solve(make(QUADRATIC), optax.adam(1e-6), maxiters=10**9, maxtime=0.3, callback=callback)
+    callback = (lambda s, loss: None) if with_callback else None
+    sol = opf.solve(
+        make(QUADRATIC), optax.adam(1e-6), maxiters=10**9, maxtime=0.3, callback=callback
+    )
     assert sol.retcode is opf.ReturnCode.MaxTime
     assert 0.3 <= sol.stats.time < 3.0
     assert 0 < sol.stats.iterations < 10**9
@@ -262,7 +278,7 @@ def test_a_second_solve_does_not_retrace():
 
     prob = opf.OptimizationProblem(fun, QUADRATIC.u0, QUADRATIC.p)
     alg = optax.adam(0.1)
-    for callback in (None, lambda s, l: None):
+    for callback in (None, lambda s, loss: None):
         opf.solve(prob, alg, maxiters=5, callback=callback)
         before = len(traces)
         opf.solve(prob, alg, maxiters=8, callback=callback)
@@ -272,7 +288,7 @@ def test_a_second_solve_does_not_retrace():
 
 @pytest.mark.parametrize("with_callback", [False, True], ids=["fused", "stepwise"])
 def test_progress_bar_shows_iterations_and_loss(capsys, with_callback):
-    callback = (lambda s, l: None) if with_callback else None
+    callback = (lambda s, loss: None) if with_callback else None
     opf.solve(make(QUADRATIC), optax.adam(0.1), maxiters=200, progress=True, callback=callback)
     err = capsys.readouterr().err
     assert "200/200" in err and "loss=" in err

@@ -47,7 +47,10 @@ def test_fun_must_be_callable():
         (dict(u0={"a": jnp.array([jnp.inf])}), r"`u0\['a'\]`.*non-finite"),
         (dict(u0=jnp.array([1, 2])), r"leaf `u0` has dtype int\d+.*float array"),
         (dict(u0={}), r"no array leaves"),
-        (dict(lb=jnp.zeros(2)), r"`OptimizationProblem\(lb=\.\.\.\)` was given without `ub`; pass both"),
+        (
+            dict(lb=jnp.zeros(2)),
+            r"`OptimizationProblem\(lb=\.\.\.\)` was given without `ub`; pass both",
+        ),
         (dict(ub=jnp.zeros(2)), r"\(ub=\.\.\.\)` was given without `lb`"),
         (dict(lb=jnp.ones(2), ub=jnp.zeros(2)), r"lb > ub at `lb` flat index 0 \(1.0 > 0.0\)"),
         (dict(lb=jnp.zeros(3), ub=jnp.ones(3)), r"`lb` has shape \(3,\) but u0 has shape \(2,\)"),

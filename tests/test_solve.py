@@ -20,7 +20,13 @@ def test_return_codes():
     for code in opf.ReturnCode:
         assert code.successful == (code is opf.ReturnCode.Success)
     assert {c.name for c in opf.ReturnCode} == {
-        "Success", "MaxIters", "MaxTime", "Terminated", "Stalled", "Infeasible", "Failure"
+        "Success",
+        "MaxIters",
+        "MaxTime",
+        "Terminated",
+        "Stalled",
+        "Infeasible",
+        "Failure",
     }
 
 
@@ -32,7 +38,9 @@ def test_registered_names_resolve_case_insensitively():
 
 
 def test_unknown_name_lists_close_matches():
-    with pytest.raises(opf.OptiframeError, match=r"Unknown algorithm name 'adma'.*Did you mean 'adam'"):
+    with pytest.raises(
+        opf.OptiframeError, match=r"Unknown algorithm name 'adma'.*Did you mean 'adam'"
+    ):
         opf.solve(quadratic_problem(), "adma", maxiters=3)
 
 
@@ -108,10 +116,13 @@ def test_unsupported_constraints_name_algorithms_that_can(dummy_registered):
 
 
 def test_unsupported_keyword_is_rejected_before_dispatch(dummy_registered):
-    with pytest.raises(opf.UnsupportedFeatureError, match=r"does not support the `maxtime` keyword"):
+    with pytest.raises(
+        opf.UnsupportedFeatureError, match=r"does not support the `maxtime` keyword"
+    ):
         opf.solve(quadratic_problem(), "dummy-slsqp", maxiters=3, maxtime=1.0)
     with pytest.raises(opf.UnsupportedFeatureError, match=r"does not support a data iterator"):
         opf.solve(
             opf.OptimizationProblem(quadratic, QUADRATIC.u0, opf.DataLoader(jnp.ones((4, 3)), 2)),
-            "dummy-slsqp", maxiters=3,
+            "dummy-slsqp",
+            maxiters=3,
         )

@@ -144,7 +144,6 @@ class _Spec:
 
     transform: optax.GradientTransformation
     lookahead: bool
-    linesearch: bool
     reuse_value: bool  # take the loss and gradient from the line search's state
     bounded: bool
     abstol: bool
@@ -365,7 +364,6 @@ class _Run:
         self.spec = _Spec(
             transform=alg.transform,
             lookahead=lookahead,
-            linesearch=has_ls,
             reuse_value=(
                 has_ls and not lookahead and not problem.has_bounds and not problem.f.has_aux
             ),
@@ -435,16 +433,16 @@ class _Run:
         if self.options.progress is not None:
             self.bar = self.options.progress.open(self.options.maxiters)
         retcode, message = None, ""
-        last_p = self.problem.p
+        self.last_batch = self.problem.p  # the stepwise driver updates it
         try:
             if self.fused:
                 retcode, message = self._fused()
             else:
-                retcode, message, last_p = self._stepwise()
+                retcode, message = self._stepwise()
         except KeyboardInterrupt:
             warnings.warn(
                 "solve() interrupted: returning the best iterate so far (Terminated).",
-                stacklevel=3,
+                stacklevel=4,
             )
             retcode, message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
         finally:
@@ -452,8 +450,8 @@ class _Run:
                 jax.effects_barrier()
                 self.bar.close()
         if self.fused and self.loader is not None:
-            last_p = self._last_loader_batch()
-        return self._solution(retcode, message, last_p)
+            self.last_batch = self._last_loader_batch()
+        return self._solution(retcode, message, self.last_batch)
 
     def _fused(self) -> tuple[ReturnCode | None, str]:
         maxiters, maxtime = self.options.maxiters, self.options.maxtime
@@ -509,7 +507,7 @@ class _Run:
                 raise OptiframeError("`p` is a data iterator that yielded no batch.")
             epoch += 1
 
-    def _stepwise(self) -> tuple[ReturnCode | None, str, Any]:
+    def _stepwise(self) -> tuple[ReturnCode | None, str]:
         program, callback = self.program, self.options.callback
         maxtime, every = self.options.maxtime, None
         if self.bar is not None:
@@ -527,7 +525,7 @@ class _Run:
             after, (loss, grad, aux) = pending
             next_batch = next(batches, _END)
             nxt = step(after, next_batch) if next_batch is not _END else None
-            self.carry = after
+            self.carry, self.last_batch = after, batch
             if callback is not None:
                 objective = float(loss)
                 state = OptimizationState(
@@ -540,17 +538,17 @@ class _Run:
                     original=before.opt_state,
                 )
                 if callback(state, objective):
-                    return ReturnCode.Terminated, f"callback returned True at iteration {k}", batch
+                    return ReturnCode.Terminated, f"callback returned True at iteration {k}"
             # Steps after a stop change nothing, so without a callback the status (a sync
             # with the device) is read only now and then.
             if (callback is not None or k % 64 == 0) and int(after.status) != RUNNING:
-                return None, "", batch
+                return None, ""
             if self.bar is not None and k % every == 0:
                 advance(self.bar, k, float(loss))
             if maxtime is not None and time.perf_counter() - self.start >= maxtime:
-                return ReturnCode.MaxTime, f"maxtime={maxtime} s reached", batch
+                return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
             if nxt is None:
-                return None, "", batch
+                return None, ""
             before, batch, pending = after, next_batch, nxt
 
     def _last_loader_batch(self) -> Any:
