@@ -10,6 +10,8 @@ over synthetic data drawn from fixed PRNG keys:
    C  a Python loop around a jitted step, synchronising once at the end;
    D  the same loop pulling the loss to the host every step (`float(loss)`), as a
       per-step callback needs;
+   D2 (for information, no target) as D, but the loss of step k is read after step k + 1
+      has been dispatched, the overlap optiframe's stepwise driver uses;
    opf.solve fused    `opf.solve(prob, adam, maxiters=steps)`, compared with A;
    opf.solve callback `opf.solve(..., callback=lambda state, loss: False)`, compared with D.
 
@@ -23,6 +25,8 @@ over synthetic data drawn from fixed PRNG keys:
 Every contender is called twice before timing (the first call compiles), so compile time
 is excluded everywhere; what is timed is the whole call (for optiframe the whole
 `opf.solve`, with all its per-call work) up to `block_until_ready` on the result. The
+optimizer object (`optax.adam(...)`) is built once and passed to every solve: a fresh
+transform is a different program to optiframe, and would be compiled again. The
 contenders are timed in interleaved rounds, and each one reports the median steps per
 second over `--repeats` rounds; a round of the minibatch workload runs `--inner` calls
 back to back so that it lasts long enough to time. The optiframe results are checked
@@ -213,13 +217,23 @@ def full_batch_contenders(steps: int) -> list[Contender]:
     init_state = jax.jit(opt.init)
     jit_step = jax.jit(step)
 
-    def python_loop(sync_every_step: bool):
+    def python_loop(sync: str):
+        """sync: "end" (once), "step" (float(loss) each step), or "pipelined" (float(loss)
+        of step k after step k + 1 is dispatched, as optiframe's stepwise driver does)."""
+
         def run():
             params, opt_state = params0, init_state(params0)
+            pending = None
             for _ in range(steps):
                 params, opt_state, loss = jit_step(params, opt_state, batch)
-                if sync_every_step:
+                if sync == "step":
                     float(loss)
+                elif sync == "pipelined":
+                    if pending is not None:
+                        float(pending)
+                    pending = loss
+            if pending is not None:
+                float(pending)
             return _block(params)
 
         return run
@@ -244,8 +258,9 @@ def full_batch_contenders(steps: int) -> list[Contender]:
         Contender(
             "B  jitted lax.while_loop + tol", lambda: _block(while_run(params0, batch)), steps
         ),
-        Contender("C  Python loop, jitted step", python_loop(False), steps),
-        Contender("D  Python loop + float(loss)", python_loop(True), steps),
+        Contender("C  Python loop, jitted step", python_loop("end"), steps),
+        Contender("D  Python loop + float(loss)", python_loop("step"), steps),
+        Contender("D2 as D, pipelined one step", python_loop("pipelined"), steps),
         Contender(
             "opf.solve fused",
             lambda: _block(opf.solve(prob, opt, maxiters=steps).u),
