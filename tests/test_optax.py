@@ -277,13 +277,17 @@ def test_a_second_solve_does_not_retrace():
         return quadratic(u, p)
 
     prob = opf.OptimizationProblem(fun, QUADRATIC.u0, QUADRATIC.p)
-    alg = optax.adam(0.1)
     for callback in (None, lambda s, loss: None):
-        opf.solve(prob, alg, maxiters=5, callback=callback)
+        opf.solve(prob, optax.adam(0.1), maxiters=5, callback=callback)
+        opf.solve(prob, "adam", maxiters=5, callback=callback)
         before = len(traces)
-        opf.solve(prob, alg, maxiters=8, callback=callback)
-        opf.solve(prob.remake(u0=jnp.ones(3)), alg, maxiters=3, abstol=None, callback=callback)
+        # A new but equal optimizer, another budget, a remade u0, a registered name.
+        opf.solve(prob, optax.adam(0.1), maxiters=8, callback=callback)
+        opf.solve(prob.remake(u0=jnp.ones(3)), optax.adam(0.1), maxiters=3, callback=callback)
+        opf.solve(prob, "adam", maxiters=5, callback=callback)
         assert len(traces) == before
+    opf.solve(prob, optax.adam(0.2), maxiters=5)  # another learning rate is another program
+    assert len(traces) > before
 
 
 @pytest.mark.parametrize("with_callback", [False, True], ids=["fused", "stepwise"])
