@@ -16,8 +16,20 @@ def to_device(u0: Any) -> Any:
     JAX_ENABLE_X64 is set), so equal shapes and dtypes always hit the same compiled code."""
 
     def leaf(x):
+        dtype = jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x))
+        if isinstance(x, jax.Array) and x.dtype == dtype and not x.weak_type:
+            return x
+        return jnp.asarray(x, dtype=dtype)
+
+    return jax.tree.map(leaf, u0)
+
+
+def device_shapes(u0: Any) -> Any:
+    """The shapes and dtypes `to_device(u0)` would have, without moving anything."""
+
+    def leaf(x):
         dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
-        return jnp.asarray(x, dtype=jax.dtypes.canonicalize_dtype(dtype))
+        return jax.ShapeDtypeStruct(np.shape(x), jax.dtypes.canonicalize_dtype(dtype))
 
     return jax.tree.map(leaf, u0)
 
@@ -33,7 +45,8 @@ def restore_like(u: Any, u0: Any) -> Any:
 
     def leaf(x, ref):
         if isinstance(ref, jax.Array):
-            return jnp.asarray(x, dtype=ref.dtype)
+            same = isinstance(x, jax.Array) and x.dtype == ref.dtype
+            return x if same else jnp.asarray(x, ref.dtype)
         if isinstance(ref, (np.ndarray, np.generic)):
             return np.asarray(x, dtype=ref.dtype)
         return float(np.asarray(x))

@@ -21,7 +21,7 @@ from .backends.base import (
 from .data import DataLoader, batches_per_epoch, is_data_iterator, is_one_shot
 from .derivatives import check_objective, derivatives
 from .errors import InvalidProblemError, OptiframeError, UnsupportedFeatureError
-from .flat import to_device
+from .flat import device_shapes
 from .problem import OptimizationProblem
 from .progress import as_progress
 from .solution import OptimizationSolution
@@ -95,7 +95,7 @@ def solve(
     options = _validated_options(prob, keywords, {**extra, **solver_options})
     check_capabilities(algorithm, prob, options)
     if prob.f.ad == "jax" and (isinstance(prob.p, DataLoader) or not is_data_iterator(prob.p)):
-        check_objective(prob.f, to_device(prob.u0), _sample(prob.p))
+        check_objective(prob.f, device_shapes(prob.u0), _sample(prob.p))
     start = time.perf_counter()
     sol = algorithm.solve(prob, options)
     stats = dataclasses.replace(sol.stats, time=time.perf_counter() - start)

@@ -249,22 +249,21 @@ class _Run:
         self.best_u, self.best_loss = None, np.inf
 
     def _initial_carry(self, u: Any) -> Carry:
-        params, opt_state = self.program.init(u)
-        steps = 0
         warm = self.options.warm_start
-        if warm is not None:
-            state = warm.state
-            ours = jax.tree.map(np.shape, (params, opt_state))
-            if not isinstance(state, OptaxState) or (
-                jax.tree.map(np.shape, (state.params, state.opt_state)) != ours
-            ):
-                raise OptiframeError(
-                    "`solve(warm_start=sol)`: sol.state does not come from this optimizer "
-                    "on a problem of this shape. To start another algorithm from a result, "
-                    "use prob.remake(u0=sol.u)."
-                )
-            params, opt_state, steps = state.params, state.opt_state, state.steps
-        return self.program.initial_carry(params, opt_state, steps)
+        if warm is None:
+            return self.program.init(u)
+        state = warm.state
+        ours = jax.eval_shape(self.program.init, u)
+        ours = jax.tree.map(np.shape, (ours.params, ours.opt_state))
+        if not isinstance(state, OptaxState) or (
+            jax.tree.map(np.shape, (state.params, state.opt_state)) != ours
+        ):
+            raise OptiframeError(
+                "`solve(warm_start=sol)`: sol.state does not come from this optimizer on a "
+                "problem of this shape. To start another algorithm from a result, use "
+                "prob.remake(u0=sol.u)."
+            )
+        return self.program.resume(state.params, state.opt_state, state.steps)
 
     # -- drivers
 
@@ -401,7 +400,7 @@ class _Run:
         spec = dataclasses.replace(self.program.spec, track_best=True, progress=False)
         program = _program(self.alg, self.problem, spec)
         start = self.initial
-        replay = program.initial_carry(start.params, start.opt_state, start.counts[STEPS])
+        replay = program.resume(start.params, start.opt_state, start.counts[STEPS])
         replay = self._run_fused(program, replay, int(carry.counts[ITERATIONS]) + 1, 1)
         return replay.best_u, float(replay.losses[BEST])
 

@@ -92,7 +92,8 @@ class LoopProgram:
     """The jitted functions of one (objective, sense, optimizer, spec), built once and
     cached by the backend so that later solves never trace again.
 
-    - `init(u) -> (params, opt_state)`;
+    - `init(u) -> carry` for a fresh run, `resume(params, opt_state, steps) -> carry` to
+      continue one;
     - `step(carry, p, lb, ub, tol) -> (carry, (loss, grad, aux))`: one iteration, the
       loss and gradient in the user's sign;
     - `run(carry, limit, p, key, lb, ub, tol, every) -> carry`: iterations until `limit`
@@ -108,6 +109,7 @@ class LoopProgram:
         self.transform, self.derivs, self.spec = transform, derivs, spec
         self.progress_hook = lambda iteration, loss: None
         self.init = jax.jit(self._init)
+        self.resume = jax.jit(self._resume)
         self.step = jax.jit(self._step)
         self.run = jax.jit(self._run_loader if spec.loader else self._run)
         self.final = jax.jit(self._final)
@@ -120,17 +122,17 @@ class LoopProgram:
         """What the user gets back: the slow weights under lookahead."""
         return params.slow if self.spec.lookahead else params
 
-    def initial_carry(self, params: Any, opt_state: Any, steps: Any) -> Carry:
+    def _resume(self, params: Any, opt_state: Any, steps: Any) -> Carry:
         counts = jnp.zeros(5, jnp.int32).at[STEPS].set(steps)
         best_u = self.eval_point(params) if self.spec.track_best else None
         losses = jnp.full(3, jnp.inf, loss_dtype())
         return Carry(params, opt_state, counts, losses, best_u)
 
-    # -- one iteration
-
-    def _init(self, u: Any) -> tuple[Any, Any]:
+    def _init(self, u: Any) -> Carry:
         params = optax.LookaheadParams.init_synced(u) if self.spec.lookahead else u
-        return params, self.transform.init(params)
+        return self._resume(params, self.transform.init(params), 0)
+
+    # -- one iteration
 
     def _evaluate(self, carry: Carry, p: Any) -> tuple[Any, Any, Any, Any, Any]:
         """(loss, aux, grad, fevals, gevals) at the carry's evaluation point."""
