@@ -25,8 +25,9 @@ over synthetic data drawn from fixed PRNG keys:
 Every contender is called twice before timing (the first call compiles), so compile time
 is excluded everywhere; what is timed is the whole call (for optiframe the whole
 `opf.solve`, with all its per-call work) up to `block_until_ready` on the result. The
-optimizer object (`optax.adam(...)`) is built once and passed to every solve: a fresh
-transform is a different program to optiframe, and would be compiled again. The
+optimizer object (`optax.adam(...)`) is built once and passed to every solve (an equal,
+freshly built one would reuse the same compiled code: programs are keyed by the
+transform's structure). The
 contenders are timed in interleaved rounds, and each one reports the median steps per
 second over `--repeats` rounds; a round of the minibatch workload runs `--inner` calls
 back to back so that it lasts long enough to time. The optiframe results are checked

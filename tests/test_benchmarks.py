@@ -1,0 +1,24 @@
+"""The benchmark scripts run (at a smoke size) and their results agree with their baselines."""
+
+import importlib.util
+import pathlib
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_optax_benchmark_smoke_run(capsys):
+    rows = load("bench_optax").main(["--quick"])
+    assert [name for name, _, _ in rows] == [
+        "opf.solve fused",
+        "opf.solve callback",
+        "opf.solve loader (fused)",
+    ]
+    assert all(ratio > 0 for _, ratio, _ in rows)
+    assert "targets met" in capsys.readouterr().out
