@@ -3,6 +3,24 @@ Nevergrad and more by changing one argument."""
 
 from .backends.base import Algorithm, Capabilities, SolveOptions
 from .backends.optax import Optax, OptaxState
+from .backends.scipy import (
+    BFGS,
+    CG,
+    COBYLA,
+    COBYQA,
+    LBFGSB,
+    SLSQP,
+    TNC,
+    Dogleg,
+    NelderMead,
+    NewtonCG,
+    Powell,
+    ScipyMinimize,
+    TrustConstr,
+    TrustExact,
+    TrustKrylov,
+    TrustNCG,
+)
 from .data import DataLoader
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
 from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake
@@ -11,6 +29,22 @@ from .solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from .solve import solve
 
 __all__ = [
+    "BFGS",
+    "CG",
+    "COBYLA",
+    "COBYQA",
+    "Dogleg",
+    "LBFGSB",
+    "NelderMead",
+    "NewtonCG",
+    "Powell",
+    "SLSQP",
+    "ScipyMinimize",
+    "TNC",
+    "TrustConstr",
+    "TrustExact",
+    "TrustKrylov",
+    "TrustNCG",
     "Algorithm",
     "Capabilities",
     "DataLoader",
