@@ -2,6 +2,7 @@
 Nevergrad and more by changing one argument."""
 
 from .backends.base import Algorithm, Capabilities, SolveOptions
+from .backends.composite import MultiStart, PolyOpt
 from .backends.optax import Optax, OptaxState
 from .backends.scipy import (
     BFGS,
@@ -21,6 +22,14 @@ from .backends.scipy import (
     TrustKrylov,
     TrustNCG,
 )
+from .backends.scipy_global import (
+    SHGO,
+    BasinHopping,
+    DifferentialEvolution,
+    Direct,
+    DualAnnealing,
+    ScipyLeastSquares,
+)
 from .data import DataLoader
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
 from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake
@@ -29,6 +38,14 @@ from .solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from .solve import solve
 
 __all__ = [
+    "BasinHopping",
+    "DifferentialEvolution",
+    "Direct",
+    "DualAnnealing",
+    "MultiStart",
+    "PolyOpt",
+    "SHGO",
+    "ScipyLeastSquares",
     "BFGS",
     "CG",
     "COBYLA",

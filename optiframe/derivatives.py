@@ -211,16 +211,16 @@ def _signature(tree: Any) -> tuple[Any, ...]:
     )
 
 
-def check_objective(f: OptimizationFunction, u: Any, p: Any) -> None:
+def check_objective(f: OptimizationFunction, u: Any, p: Any, residuals: bool = False) -> None:
     """Trace `f.fun(u, p)` (no evaluation; once per shapes of `u` and `p`) and check it
-    returns a scalar.
+    returns a scalar, or with `residuals=True` a vector of residuals.
 
     Raises:
         ObjectiveError: the objective is not traceable with ad="jax", or not scalar.
     """
     if f.ad == "finite":
         return
-    key = ("checked", _signature(u), _signature(p))
+    key = ("checked", _signature(u), _signature(p), residuals)
     if key in f._cache:
         return
     try:
@@ -242,7 +242,13 @@ def check_objective(f: OptimizationFunction, u: Any, p: Any) -> None:
                 f"(loss, aux), got {type(out).__name__}."
             )
         out = out[0]
-    if not hasattr(out, "shape") or out.shape != ():
+    if residuals:
+        if not hasattr(out, "shape") or out.ndim < 1 or out.size == 0:
+            raise ObjectiveError(
+                "A least-squares method needs fun(u, p) to return the residual vector r (m,) "
+                f"and minimises ½‖r‖²; got {getattr(out, 'shape', type(out).__name__)}."
+            )
+    elif not hasattr(out, "shape") or out.shape != ():
         shape = getattr(out, "shape", type(out).__name__)
         raise ObjectiveError(
             f"The objective must return a scalar, got shape {shape}; reduce it (e.g. "

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from .backends.base import (
     COMMON_KEYWORDS,
@@ -94,8 +95,10 @@ def solve(
     algorithm = resolve(alg)
     options = _validated_options(prob, keywords, {**extra, **solver_options})
     check_capabilities(algorithm, prob, options)
-    if prob.f.ad == "jax" and (isinstance(prob.p, DataLoader) or not is_data_iterator(prob.p)):
-        check_objective(prob.f, device_shapes(prob.u0), _sample(prob.p))
+    traceable = isinstance(prob.p, DataLoader) or not is_data_iterator(prob.p)
+    if prob.f.ad == "jax" and traceable:
+        residuals = algorithm.capabilities.residuals
+        check_objective(prob.f, device_shapes(prob.u0), _sample(prob.p), residuals=residuals)
     start = time.perf_counter()
     sol = algorithm.solve(prob, options)
     stats = dataclasses.replace(sol.stats, time=time.perf_counter() - start)
@@ -212,9 +215,9 @@ _FEATURES = {
 def _who_can(test: Callable[[Algorithm], bool]) -> str:
     names = [name for name, alg in registered_algorithms().items() if test(alg)]
     if not names:
-        return "no registered algorithm does yet"
+        return "none is registered yet"
     shown = ", ".join(repr(n) for n in names[:10])
-    return f"algorithms that do: {shown}" + (", ..." if len(names) > 10 else "")
+    return "such as " + shown + (", ..." if len(names) > 10 else "")
 
 
 def check_capabilities(alg: Algorithm, prob: OptimizationProblem, options: SolveOptions) -> None:
@@ -237,6 +240,15 @@ def check_capabilities(alg: Algorithm, prob: OptimizationProblem, options: Solve
                 f"{alg!r} does not support {what}. Either {fix}, or use an algorithm that "
                 f"does ({others})."
             )
+    if caps.needs_bounds and not (
+        prob.has_bounds
+        and all(np.all(np.isfinite(b)) for b in jax.tree.leaves((prob.lb, prob.ub)))
+    ):
+        raise UnsupportedFeatureError(
+            f"{alg!r} searches a box: every variable needs finite bounds. Pass "
+            "OptimizationProblem(..., lb=..., ub=...), or use an algorithm that needs none "
+            f"({_who_can(lambda a: not a.capabilities.needs_bounds)})."
+        )
     for name in COMMON_KEYWORDS:
         value = getattr(options, name)
         if value not in (None, False) and name not in caps.keywords:

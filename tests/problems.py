@@ -83,3 +83,51 @@ def max_error(u: Any, u_star: Any) -> float:
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_star))
     )
+
+
+# --------------------------------------------------------------------------- constrained
+
+
+def hs71(x, p):
+    """Hock–Schittkowski problem 71: minimum 17.0140173 at (1, 4.743, 3.8211, 1.3794)."""
+    return x[0] * x[3] * (x[0] + x[1] + x[2]) + x[2]
+
+
+def hs71_constraints(x, p):
+    return jnp.array([x[0] * x[1] * x[2] * x[3], jnp.sum(x**2)])
+
+
+HS71_MIN = 17.0140173
+
+
+def hs71_problem(opf):
+    f = opf.OptimizationFunction(hs71, cons=hs71_constraints)
+    return opf.OptimizationProblem(
+        f, jnp.array([1.0, 5.0, 5.0, 1.0]), lb=1.0, ub=5.0, lcons=[25.0, 40.0],
+        ucons=[jnp.inf, 40.0],
+    )
+
+
+# The portfolio of the braintools SciPy tutorial: minimise the variance subject to weights
+# summing to 1, an expected return of at least 10%, and 0 <= w <= 1.
+COVARIANCE = np.array([[0.04, 0.01, 0.005], [0.01, 0.09, 0.02], [0.005, 0.02, 0.16]])
+EXPECTED_RETURNS = np.array([0.08, 0.12, 0.15])
+
+
+def portfolio_problem(opf):
+    f = opf.OptimizationFunction(
+        lambda w, p: w @ COVARIANCE @ w,
+        cons=lambda w, p: jnp.array([jnp.sum(w), w @ EXPECTED_RETURNS]),
+    )
+    return opf.OptimizationProblem(
+        f, jnp.full(3, 1 / 3), lb=0.0, ub=1.0, lcons=[1.0, 0.10], ucons=[1.0, jnp.inf]
+    )
+
+
+def beale(u, p):
+    x, y = u[0], u[1]
+    return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+
+
+def rastrigin(u, p):
+    return 10 * u.size + jnp.sum(u**2 - 10 * jnp.cos(2 * jnp.pi * u))

@@ -32,6 +32,8 @@ class Capabilities:
         integrality: integer variables.
         data: a data iterator as `p` (a changing objective).
         needs: derivatives it cannot run without: any of "grad", "hess", "hvp", "cons_jac".
+        needs_bounds: it searches a box, so every variable needs finite `lb` and `ub`.
+        residuals: the objective returns a residual vector (least squares), not a scalar.
         keywords: the common `solve` keywords it honours.
     """
 
@@ -40,6 +42,8 @@ class Capabilities:
     integrality: bool = False
     data: bool = False
     needs: frozenset[str] = frozenset()
+    needs_bounds: bool = False
+    residuals: bool = False
     keywords: frozenset[str] = frozenset(("maxiters",))
 
 

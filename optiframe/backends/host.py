@@ -83,15 +83,17 @@ class HostObjective:
         self.fns = _flat_functions(problem)
         self.sign = derivatives(problem.f, problem.sense).sign
         x0, self.unravel = ravel(to_device(problem.u0))
+        self.dtype = x0.dtype  # what JAX computes in
         self.x0 = np.asarray(x0, np.float64)
         self.fevals = self.gevals = self.hevals = 0
         self.best_x, self.best_f = None, np.inf
         self.recent: collections.deque = collections.deque(maxlen=4)  # (x, f, g)
         self.remember = False  # keep recent evaluations (a callback will ask for them)
+        self.memo: dict[str, tuple[bytes, np.ndarray]] = {}
         self.start, self.maxtime = time.perf_counter(), maxtime
 
     def _x(self, x: np.ndarray) -> jax.Array:
-        return jnp.asarray(x, jnp.float64)
+        return jnp.asarray(np.asarray(x, np.float64), self.dtype)
 
     def _seen(self, x: np.ndarray, f: float, g: np.ndarray | None) -> None:
         if f < self.best_f:  # NaN compares False
@@ -125,11 +127,20 @@ class HostObjective:
         self.hevals += 1
         return np.asarray(self.fns["hvp"](self._x(x), self._x(v), self.p), np.float64)
 
+    def _memo(self, name: str, x: np.ndarray) -> np.ndarray:
+        """`name`'s value at `x`, computed once for consecutive calls at the same `x` (SciPy
+        asks for equalities and inequalities apart)."""
+        key = np.asarray(x, np.float64).tobytes()
+        if self.memo.get(name, (None,))[0] != key:
+            value = np.asarray(self.fns[name](self._x(x), self.p), np.float64)
+            self.memo[name] = (key, value)
+        return self.memo[name][1]
+
     def cons(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.fns["cons"](self._x(x), self.p), np.float64)
+        return self._memo("cons", x)
 
     def cons_jac(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.fns["cons_jac"](self._x(x), self.p), np.float64)
+        return self._memo("cons_jac", x)
 
     def cons_hess(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.asarray(self.fns["cons_hess"](self._x(x), self._x(v), self.p), np.float64)
@@ -143,7 +154,7 @@ class HostObjective:
 
     def u(self, x: np.ndarray) -> Any:
         """`x` as a pytree shaped like `u0`."""
-        return self.unravel(jnp.asarray(x))
+        return self.unravel(self._x(x))
 
     def check_time(self) -> None:
         if self.maxtime is not None and time.perf_counter() - self.start >= self.maxtime:

@@ -2,9 +2,9 @@
 
 The objective's value and gradient come from one fused, jitted call (`jac=True`);
 Hessians, Hessian-vector products, constraint Jacobians and the constraints' Lagrangian
-Hessians come from JAX where the method uses them. SciPy sees flat float64 vectors; the
-JAX side computes in float64 too (`jax.enable_x64` for the run), so SciPy's tolerances mean
-what its documentation says.
+Hessians come from JAX where the method uses them. SciPy sees flat float64 vectors; JAX
+computes in its own precision (float32 unless JAX_ENABLE_X64=1, which SciPy's default
+tolerances assume).
 """
 
 from __future__ import annotations
@@ -167,8 +167,7 @@ class ScipyMinimize(Algorithm):
         return hash((self.spec.name, tuple(sorted(self.options))))
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        with jax.enable_x64(True):
-            return _MinimizeRun(self, problem, options).run()
+        return _MinimizeRun(self, problem, options).run()
 
 
 def _shortcut(name: str, method: str, doc: str) -> Callable[..., ScipyMinimize]:
@@ -207,18 +206,27 @@ def flat_bounds(problem: OptimizationProblem) -> tuple[np.ndarray, np.ndarray] |
 
 
 def violation(problem: OptimizationProblem, objective: HostObjective, x: np.ndarray) -> float:
-    """The largest violation of the bounds and constraints at `x` (0 when feasible)."""
-    worst = 0.0
+    """The largest violation of the bounds and constraints at `x`, each relative to
+    1 + |bound| (0 when feasible)."""
+
+    def worst(low, high, value):
+        low, high = np.broadcast_to(low, value.shape), np.broadcast_to(high, value.shape)
+        below = (low - value) / (1 + np.abs(np.where(np.isfinite(low), low, 0)))
+        above = (value - high) / (1 + np.abs(np.where(np.isfinite(high), high, 0)))
+        return float(np.max(np.maximum(below, above), initial=0.0))
+
+    out = 0.0
     bounds = flat_bounds(problem)
     if bounds is not None:
-        worst = max(
-            worst, float(np.max(bounds[0] - x, initial=0)), float(np.max(x - bounds[1], initial=0))
-        )
+        out = worst(*bounds, x)
     if problem.has_constraints:
-        c = objective.cons(x)
-        worst = max(worst, float(np.max(problem.lcons - c, initial=0)))
-        worst = max(worst, float(np.max(c - problem.ucons, initial=0)))
-    return worst
+        out = max(out, worst(problem.lcons, problem.ucons, objective.cons(x)))
+    return out
+
+
+def feasibility_tolerance(objective: HostObjective) -> float:
+    """How much relative violation counts as rounding: 1e-6, or 10 ulps of JAX's float."""
+    return max(1e-6, 10 * float(np.finfo(objective.dtype).eps))
 
 
 class HostRun:
@@ -296,6 +304,7 @@ class HostRun:
         self, result: Any, retcode: ReturnCode | None, message: str
     ) -> OptimizationSolution:
         obj = self.objective
+        obj.maxtime = None  # the run is over; evaluations from here on are bookkeeping
         x = self.final_point(result)
         f, _ = obj.lookup(x)
         if (
@@ -325,9 +334,13 @@ class HostRun:
             retcode = ReturnCode.Failure
             message = f"non-finite result ({message}); the best finite point is returned"
         worst = violation(self.problem, obj, x)
-        if retcode is ReturnCode.Success and worst > 1e-6:
+        if worst > feasibility_tolerance(obj) and retcode in (
+            ReturnCode.Success,
+            ReturnCode.Stalled,
+            ReturnCode.Failure,
+        ):
             retcode = ReturnCode.Infeasible
-            message += f" (but the bounds or constraints are violated by {worst:.2e})"
+            message += f" (the bounds or constraints are violated by {worst:.2e})"
         return OptimizationSolution(
             u=restore_like(obj.u(x), self.problem.u0),
             objective=float(obj.sign * f),
@@ -349,6 +362,11 @@ class _MinimizeRun(HostRun):
     def minimize(self) -> scipy.optimize.OptimizeResult:
         spec, options, obj, problem = self.alg.spec, self.options, self.objective, self.problem
         settings = dict(self.alg.options)
+        if spec.name == "COBYQA" and problem.has_constraints:
+            # Constraints computed in float32 cannot meet COBYQA's default (absolute) sqrt(eps64).
+            bounds = np.concatenate([problem.lcons, problem.ucons])
+            scale = 1 + np.max(np.abs(bounds[np.isfinite(bounds)]), initial=0.0)
+            settings.setdefault("feasibility_tol", feasibility_tolerance(obj) * scale)
         if options.maxiters is not None:
             settings[spec.maxiter] = options.maxiters
         if options.abstol is not None:
@@ -366,14 +384,7 @@ class _MinimizeRun(HostRun):
         if bounds is not None:
             kwargs["bounds"] = scipy.optimize.Bounds(*bounds)
         if problem.has_constraints:
-            hess = obj.cons_hess if "cons_hess" in obj.fns else scipy.optimize.BFGS()
-            kwargs["constraints"] = scipy.optimize.NonlinearConstraint(
-                obj.cons,
-                problem.lcons,
-                problem.ucons,
-                jac=obj.cons_jac,
-                **({"hess": hess} if spec.name == "trust-constr" else {}),
-            )
+            kwargs["constraints"] = self._constraints()
         if spec.name == "TNC":
             callback = lambda xk: self.iteration(xk)  # noqa: E731
         else:
@@ -390,6 +401,33 @@ class _MinimizeRun(HostRun):
             if "unexpected keyword" in str(err) or "Unknown solver" in str(err):
                 raise OptiframeError(f"{self.alg!r}: SciPy rejected the options: {err}") from err
             raise
+
+    def _constraints(self) -> list[scipy.optimize.NonlinearConstraint]:
+        """`lcons <= cons(x) <= ucons` in the method's form: one constraint with the
+        Lagrangian Hessian for trust-constr, equalities and inequalities apart for SLSQP
+        and COBYLA (which treat them separately)."""
+        obj, problem, name = self.objective, self.problem, self.alg.spec.name
+        lower, upper = problem.lcons, problem.ucons
+        if name not in ("SLSQP", "COBYLA"):
+            extra = {}
+            if name == "trust-constr":
+                extra["hess"] = obj.cons_hess if "cons_hess" in obj.fns else scipy.optimize.BFGS()
+            return [
+                scipy.optimize.NonlinearConstraint(
+                    obj.cons, lower, upper, jac=obj.cons_jac, **extra
+                )
+            ]
+        equal = lower == upper
+        return [
+            scipy.optimize.NonlinearConstraint(
+                lambda x, rows=rows: obj.cons(x)[rows],
+                lower[rows],
+                upper[rows],
+                jac=lambda x, rows=rows: obj.cons_jac(x)[rows],
+            )
+            for rows in (np.flatnonzero(equal), np.flatnonzero(~equal))
+            if rows.size
+        ]
 
     def verdict(self, result: Any) -> tuple[ReturnCode, str]:
         code = self.alg.spec.status.get(int(result.status), ReturnCode.Failure)

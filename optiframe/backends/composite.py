@@ -1,0 +1,197 @@
+"""Algorithms made of other algorithms: `MultiStart` and `PolyOpt`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+from ..data import is_data_iterator
+from ..errors import OptiframeError
+from ..flat import ravel, restore_like, to_device
+from ..problem import OptimizationProblem
+from ..solution import OptimizationSolution, ReturnCode, Stats
+from .base import Algorithm, Capabilities, SolveOptions, register, resolve
+
+_SAMPLERS = ("sobol", "random")
+
+
+def _total(stats: list[Stats]) -> Stats:
+    return Stats(
+        iterations=sum(s.iterations for s in stats),
+        fevals=sum(s.fevals for s in stats),
+        gevals=sum(s.gevals for s in stats),
+        hevals=sum(s.hevals for s in stats),
+    )
+
+
+def _forward(options: SolveOptions, **changes: Any) -> dict[str, Any]:
+    """`options` as `solve` keywords (the common ones that are set, and solver options)."""
+    keywords = dict(
+        maxiters=options.maxiters, maxtime=options.maxtime, abstol=options.abstol,
+        reltol=options.reltol, callback=options.callback, progress=options.progress or False,
+        save_best=options.save_best, **options.solver_options,
+    )
+    if options.epochs is not None:
+        keywords.update(epochs=options.epochs, maxiters=None)
+    keywords.update(changes)
+    return {k: v for k, v in keywords.items() if v is not None and v is not False}
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiStart(Algorithm):
+    """Run `alg` from `n_starts` points drawn inside the bounds; return the best run.
+
+    The best run is the one with the lowest objective among those that did not fail or end
+    infeasible (among all runs if every one did). `sol.original` holds every run's
+    solution, in the order of the starting points; `stats` add up all runs. `maxtime` is
+    the budget of the whole multistart: no run starts after it is spent.
+
+    Args:
+        alg: the local algorithm (an object or a registered name).
+        n_starts: how many starting points.
+        sampler: "sobol" (scrambled Sobol' points) or "random" (uniform).
+        seed: seeds the sampler.
+        executor: a `concurrent.futures.Executor` to run the starts in parallel (with a
+            process pool, the problem and the algorithm must pickle).
+
+    Example:
+        >>> sol = opf.solve(prob, opf.MultiStart(opf.LBFGSB(), 16, seed=1))
+    """
+
+    alg: Any
+    n_starts: int = 10
+    sampler: str = "sobol"
+    seed: int = 0
+    executor: concurrent.futures.Executor | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler not in _SAMPLERS:
+            raise OptiframeError(
+                f"`MultiStart(sampler={self.sampler!r})` must be one of {_SAMPLERS}."
+            )
+        if not isinstance(self.n_starts, int) or self.n_starts < 1:
+            raise OptiframeError(
+                f"`MultiStart(n_starts={self.n_starts!r})` must be a positive integer."
+            )
+
+    @property
+    def local(self) -> Algorithm:
+        return resolve(self.alg)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        inner = self.local.capabilities
+        return dataclasses.replace(
+            inner, needs_bounds=True, data=False,
+            keywords=inner.keywords - {"warm_start", "epochs", "progress"},
+        )
+
+    def starts(self, problem: OptimizationProblem) -> list[Any]:
+        """The starting points, as pytrees shaped like `u0`."""
+        x0, unravel = ravel(to_device(problem.u0))
+        n = x0.size
+        if self.sampler == "sobol":
+            import scipy.stats
+
+            with warnings.catch_warnings():  # Sobol' balance wants powers of 2; any n works
+                warnings.simplefilter("ignore")
+                unit = scipy.stats.qmc.Sobol(n, seed=self.seed).random(self.n_starts)
+        else:
+            unit = np.random.default_rng(self.seed).uniform(size=(self.n_starts, n))
+        lb = np.concatenate([np.ravel(b) for b in jax.tree.leaves(problem.lb)])
+        ub = np.concatenate([np.ravel(b) for b in jax.tree.leaves(problem.ub)])
+        points = lb + unit * (ub - lb)
+        return [restore_like(unravel(np.asarray(x, x0.dtype)), problem.u0) for x in points]
+
+    def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
+        from ..solve import solve
+
+        local, start = self.local, time.perf_counter()
+        problems = [problem.remake(u0=u0) for u0 in self.starts(problem)]
+
+        def run(prob: OptimizationProblem) -> OptimizationSolution | None:
+            keywords = _forward(options)
+            if options.maxtime is not None:
+                left = options.maxtime - (time.perf_counter() - start)
+                if left <= 0:
+                    return None
+                keywords["maxtime"] = left
+            return solve(prob, local, **keywords)
+
+        if self.executor is None:
+            runs = [run(prob) for prob in problems]
+        else:
+            runs = list(self.executor.map(run, problems))
+        done = [sol for sol in runs if sol is not None]
+        good = [
+            sol for sol in done
+            if sol.retcode not in (ReturnCode.Failure, ReturnCode.Infeasible)
+            and np.isfinite(sol.objective)
+        ]
+        best = min(good or done, key=lambda sol: sol.objective)
+        retcode, message = best.retcode, f"best of {len(done)} starts: {best.message}"
+        if len(done) < len(runs):
+            retcode = ReturnCode.MaxTime
+            message = f"maxtime reached after {len(done)} of {len(runs)} starts; " + message
+        return dataclasses.replace(
+            best, retcode=retcode, message=message, original=runs,
+            stats=_total([sol.stats for sol in done]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PolyOpt(Algorithm):
+    """Optimization.jl's polyalgorithm: Adam(0.01) for `maxiters` iterations (300 if not
+    given), then L-BFGS-B from Adam's result with the same budget. With bounds, L-BFGS-B
+    alone; with a data iterator, Adam alone (and a budget is required).
+
+    `sol.original` holds the phases' solutions; `stats` add them up.
+
+    Example:
+        >>> sol = opf.solve(prob, opf.PolyOpt())
+    """
+
+    learning_rate: float = 0.01
+    default_maxiters: int = 300
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            bounds=True, data=True, needs=frozenset({"grad"}),
+            keywords=frozenset(("maxiters", "maxtime", "abstol", "reltol", "callback", "epochs")),
+        )
+
+    def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
+        import optax
+
+        from ..solve import solve
+        from .scipy import LBFGSB
+
+        budget = options.maxiters or self.default_maxiters
+        keywords = _forward(options, maxiters=budget)
+        if is_data_iterator(problem.p):
+            sol = solve(problem, optax.adam(self.learning_rate), **_forward(options))
+            return dataclasses.replace(sol, original=(sol,))
+        if problem.has_bounds:
+            sol = solve(problem, LBFGSB(), **keywords)
+            return dataclasses.replace(sol, original=(sol,))
+        first = solve(problem, optax.adam(self.learning_rate), **keywords)
+        if first.retcode in (ReturnCode.Terminated, ReturnCode.MaxTime):
+            return dataclasses.replace(first, original=(first,))
+        if options.maxtime is not None:
+            keywords["maxtime"] = max(options.maxtime - first.stats.time, 1e-3)
+        second = solve(problem.remake(u0=first.u), LBFGSB(), **keywords)
+        best = second if second.objective <= first.objective else first
+        return dataclasses.replace(
+            second, u=best.u, objective=best.objective, original=(first, second),
+            stats=_total([first.stats, second.stats]),
+        )
+
+
+register("PolyOpt", PolyOpt)

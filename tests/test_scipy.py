@@ -1,0 +1,467 @@
+"""The SciPy backend: local methods, constraints, global methods, least squares,
+composites, and every unsupported combination."""
+
+import concurrent.futures
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+import optiframe as opf
+from optiframe.backends.scipy import METHODS
+from problems import (
+    COVARIANCE,
+    EXPECTED_RETURNS,
+    HS71_MIN,
+    QUADRATIC,
+    ROSENBROCK,
+    beale,
+    hs71_problem,
+    max_error,
+    portfolio_problem,
+    quadratic,
+    rastrigin,
+    rosenbrock,
+)
+
+ALL_METHODS = [spec.name for spec in METHODS.values()]
+GRADIENT_METHODS = [spec.name for spec in METHODS.values() if spec.grad]
+
+
+def make(problem, **kwargs):
+    return opf.OptimizationProblem(problem.fun, problem.u0, problem.p, **kwargs)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_solves_a_convex_quadratic(method):
+    sol = opf.solve(make(QUADRATIC), opf.ScipyMinimize(method), maxiters=1000)
+    assert sol.retcode is opf.ReturnCode.Success, sol.message
+    assert max_error(sol.u, QUADRATIC.u_star) < 2e-3
+    assert isinstance(sol.original, scipy.optimize.OptimizeResult)
+    assert sol.u.dtype == QUADRATIC.u0.dtype
+
+
+@pytest.mark.parametrize(
+    "method", [m for m in GRADIENT_METHODS if m not in ("dogleg", "CG")] + ["Nelder-Mead"]
+)
+def test_rosenbrock(method):
+    sol = opf.solve(make(ROSENBROCK), method, maxiters=5000)
+    assert sol.retcode is opf.ReturnCode.Success, sol.message
+    assert max_error(sol.u, ROSENBROCK.u_star) < 1e-3
+
+
+def test_dogleg_needs_a_positive_definite_hessian():
+    sol = opf.solve(make(ROSENBROCK), opf.Dogleg(), maxiters=100)
+    assert sol.retcode is opf.ReturnCode.Failure
+    assert "non-psd Hessian" in sol.message and "SciPy status 3" in sol.message
+
+
+def test_shortcuts_and_names():
+    assert opf.LBFGSB() == opf.ScipyMinimize("L-BFGS-B") == opf.ScipyMinimize("l-bfgs-b")
+    assert opf.TrustConstr(verbose=0) == opf.ScipyMinimize("trust-constr", verbose=0)
+    for name in ("L-BFGS-B", "scipy:SLSQP", "scipy:trust-krylov", "nelder-mead"):
+        assert isinstance(opf.solve(make(QUADRATIC), name, maxiters=5).alg, opf.ScipyMinimize)
+    with pytest.raises(opf.OptiframeError, match=r"'LBGFS-B'.*Did you mean 'L-BFGS-B'"):
+        opf.ScipyMinimize("LBGFS-B")
+    with pytest.raises(opf.OptiframeError, match=r"Did you mean 'SLSQP'"):
+        opf.solve(make(QUADRATIC), "scipy:SLSQQP")
+
+
+def test_the_gradient_comes_from_one_fused_call(monkeypatch):
+    seen = {}
+    real = scipy.optimize.minimize
+
+    def spy(fun, x0, **kwargs):
+        seen.update(kwargs)
+        out = fun(x0)
+        assert isinstance(out, tuple) and len(out) == 2 and out[1].dtype == np.float64
+        return real(fun, x0, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", spy)
+    sol = opf.solve(make(ROSENBROCK), opf.LBFGSB(), maxiters=200)
+    assert seen["jac"] is True and "hess" not in seen
+    assert sol.stats.fevals == sol.stats.gevals == sol.original.nfev + 1
+
+
+def test_counts_are_scipys():
+    sol = opf.solve(make(ROSENBROCK), opf.BFGS(), maxiters=200)
+    assert sol.stats.iterations == sol.original.nit
+    assert sol.stats.fevals == sol.original.nfev == sol.original.njev == sol.stats.gevals
+    newton = opf.solve(make(ROSENBROCK), opf.NewtonCG(), maxiters=200)
+    assert newton.stats.hevals == newton.original.nhev > 0
+    exact = opf.solve(make(ROSENBROCK), opf.TrustExact(), maxiters=200)
+    assert exact.stats.hevals == exact.original.nhev > 0
+
+
+def test_lbfgsb_uses_no_more_evaluations_than_raw_scipy():
+    fun = jax.jit(jax.value_and_grad(lambda x: beale(x, None)))
+    x0 = np.array([1.0, 1.0])
+    raw = scipy.optimize.minimize(
+        lambda x: tuple(np.asarray(v, float) for v in fun(x)),
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(-4.5, 4.5)] * 2,
+    )
+    prob = opf.OptimizationProblem(beale, jnp.asarray(x0), lb=-4.5, ub=4.5)
+    sol = opf.solve(prob, opf.LBFGSB())
+    assert sol.original.nfev <= raw.nfev
+    np.testing.assert_allclose(sol.u, [3.0, 0.5], atol=1e-4)
+
+
+@pytest.mark.parametrize("alg", [opf.LBFGSB(), opf.SLSQP(), opf.Powell()], ids=repr)
+def test_beale_from_inside_its_bounds(alg):
+    # (Powell from (1, 1) ends at (-2.04, 1.37), f = 1.10, in raw SciPy as well.)
+    prob = opf.OptimizationProblem(beale, jnp.array([0.5, 0.5]), lb=-4.5, ub=4.5)
+    sol = opf.solve(prob, alg)
+    assert sol.retcode is opf.ReturnCode.Success
+    np.testing.assert_allclose(sol.u, [3.0, 0.5], atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "method", ["L-BFGS-B", "TNC", "Powell", "Nelder-Mead", "SLSQP", "trust-constr"]
+)
+def test_bounds_hold_the_solution_on_the_box(method):
+    sol = opf.solve(make(QUADRATIC, lb=0.0, ub=2.0), opf.ScipyMinimize(method), maxiters=2000)
+    np.testing.assert_allclose(sol.u, [1.0, 0.0, 2.0], atol=2e-3)
+    assert np.all((np.asarray(sol.u) >= 0.0) & (np.asarray(sol.u) <= 2.0))
+
+
+def test_named_parameters_with_dict_bounds():
+    def named_rosenbrock(u, p):
+        return (1.0 - u["x"]) ** 2 + 100.0 * (u["y"] - u["x"] ** 2) ** 2
+
+    prob = opf.OptimizationProblem(
+        named_rosenbrock,
+        {"x": 0.0, "y": 0.0},
+        lb={"x": -2.0, "y": -1.0},
+        ub={"x": 2.0, "y": 3.0},
+    )
+    sol = opf.solve(prob, "L-BFGS-B")
+    assert set(sol.u) == {"x", "y"} and isinstance(sol.u["x"], float)
+    assert sol.u["x"] == pytest.approx(1.0, abs=1e-4) and sol.u["y"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_mlp_regression_with_bounds():
+    rng = np.random.default_rng(42)
+    X = rng.normal(size=(160, 3))
+    y = X @ np.array([2.0, -1.5, 0.8]) + 0.1 * rng.normal(size=160)
+
+    def loss(u, p):
+        h = jax.nn.relu(X @ u["W1"] + u["b1"])
+        pred = (h @ u["W2"] + u["b2"]).ravel()
+        return jnp.mean((pred - y) ** 2) + 0.01 * (jnp.sum(u["W1"] ** 2) + jnp.sum(u["W2"] ** 2))
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    u0 = {
+        "W1": 0.5 * jax.random.normal(keys[0], (3, 5)),
+        "b1": jnp.zeros(5),
+        "W2": 0.5 * jax.random.normal(keys[1], (5, 1)),
+        "b2": jnp.zeros(1),
+    }
+    assert sum(x.size for x in jax.tree.leaves(u0)) == 26
+    lb = {"W1": -2.0, "b1": -1.0, "W2": -2.0, "b2": -1.0}
+    ub = {"W1": 2.0, "b1": 1.0, "W2": 2.0, "b2": 1.0}
+    prob = opf.OptimizationProblem(loss, u0, lb=lb, ub=ub)
+    sol = opf.solve(prob, opf.LBFGSB(), maxiters=1000)
+    assert sol.retcode is opf.ReturnCode.Success
+    assert sol.objective < 0.15  # the tutorial reached 0.0957; the noise floor is 0.01
+    assert all(np.all(np.abs(np.asarray(sol.u[k])) <= 2.0) for k in ("W1", "W2"))
+
+
+@pytest.mark.parametrize("method", ["SLSQP", "trust-constr", "COBYQA"])
+def test_hock_schittkowski_71(method):
+    sol = opf.solve(hs71_problem(opf), opf.ScipyMinimize(method), maxiters=1000)
+    assert sol.retcode is opf.ReturnCode.Success, sol.message
+    assert sol.objective == pytest.approx(HS71_MIN, abs=1e-4)
+    u = np.asarray(sol.u, float)
+    assert u.prod() >= 25 - 1e-4 and np.sum(u**2) == pytest.approx(40, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["SLSQP", "trust-constr"])
+def test_portfolio_is_solved_to_a_feasible_optimum(method):
+    sol = opf.solve(portfolio_problem(opf), opf.ScipyMinimize(method), maxiters=500)
+    w = np.asarray(sol.u, float)
+    assert sol.retcode is opf.ReturnCode.Success, sol.message
+    assert w.sum() == pytest.approx(1.0, abs=1e-6)  # the tutorial's wrapper returned 1.19
+    assert w @ EXPECTED_RETURNS >= 0.10 - 1e-6
+    assert np.all(w >= -1e-8) and np.all(w <= 1 + 1e-8)
+    # The optimum: the constrained minimiser of w' C w (checked against SLSQP in float64).
+    assert sol.objective == pytest.approx(0.0289340, abs=2e-6)
+    assert w @ COVARIANCE @ w == pytest.approx(sol.objective, rel=1e-6)
+
+
+def test_infeasible_constraints_are_reported():
+    f = opf.OptimizationFunction(quadratic, cons=lambda u, p: jnp.array([u.sum(), u.sum()]))
+    prob = opf.OptimizationProblem(
+        f, QUADRATIC.u0, QUADRATIC.p, lcons=[1.0, -jnp.inf], ucons=[jnp.inf, 0.0]
+    )
+    sol = opf.solve(prob, opf.SLSQP(), maxiters=100)
+    assert sol.retcode is opf.ReturnCode.Infeasible
+    assert "violated by" in sol.message
+
+
+@pytest.mark.parametrize(
+    "alg, match",
+    [
+        (opf.LBFGSB(), r"does not support constraints.*'cobyla', 'cobyqa'"),
+        (opf.BFGS(), r"does not support constraints"),
+    ],
+    ids=["L-BFGS-B", "BFGS"],
+)
+def test_constraints_to_a_method_without_them(alg, match):
+    f = opf.OptimizationFunction(quadratic, cons=lambda u, p: jnp.array([u.sum()]))
+    prob = opf.OptimizationProblem(f, QUADRATIC.u0, QUADRATIC.p, lcons=[0.0], ucons=[1.0])
+    with pytest.raises(opf.UnsupportedFeatureError, match=match):
+        opf.solve(prob, alg)
+
+
+@pytest.mark.parametrize("method", [m for m in ALL_METHODS if not METHODS[m.lower()].bounds])
+def test_bounds_to_a_method_without_them(method):
+    with pytest.raises(opf.UnsupportedFeatureError, match=r"box bounds.*'l-bfgs-b'"):
+        opf.solve(make(QUADRATIC, lb=0.0, ub=2.0), opf.ScipyMinimize(method))
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_a_data_iterator_to_any_method(method):
+    prob = opf.OptimizationProblem(quadratic, QUADRATIC.u0, opf.DataLoader(jnp.ones((4, 3)), 2))
+    with pytest.raises(opf.UnsupportedFeatureError, match=r"data iterator.*full data set as p"):
+        opf.solve(prob, opf.ScipyMinimize(method), epochs=1)
+
+
+@pytest.mark.parametrize(
+    "method, keyword", [("Powell", "abstol"), ("Nelder-Mead", "reltol"), ("SLSQP", "reltol")]
+)
+def test_a_tolerance_a_method_lacks_is_refused(method, keyword):
+    with pytest.raises(opf.UnsupportedFeatureError, match=rf"`{keyword}` keyword"):
+        opf.solve(make(QUADRATIC), opf.ScipyMinimize(method), **{keyword: 1e-6})
+
+
+def test_tolerances_reach_scipys_options(monkeypatch):
+    seen = {}
+    real = scipy.optimize.minimize
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs["options"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", spy)
+    opf.solve(make(QUADRATIC), opf.LBFGSB(maxcor=5), maxiters=7, abstol=1e-3, reltol=1e-4)
+    assert seen == {"maxcor": 5, "maxiter": 7, "gtol": 1e-3, "ftol": 1e-4}
+    opf.solve(make(QUADRATIC), opf.TNC(), maxiters=9)
+    assert seen["maxfun"] == 9
+
+
+def test_maxiters_stops_with_maxiters():
+    sol = opf.solve(make(ROSENBROCK), opf.LBFGSB(), maxiters=3)
+    assert sol.retcode is opf.ReturnCode.MaxIters
+    assert sol.stats.iterations == 3
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_callback_sees_each_iteration_and_can_stop_every_method(method):
+    states = []
+
+    def callback(state, loss):
+        states.append(state)
+        return state.iter == 2
+
+    prob = opf.OptimizationProblem(rosenbrock, jnp.array([-1.2, 1.0]), ROSENBROCK.p)
+    sol = opf.solve(prob, opf.ScipyMinimize(method), maxiters=1000, callback=callback)
+    assert sol.retcode is opf.ReturnCode.Terminated
+    assert [s.iter for s in states] == [1, 2]
+    assert sol.stats.iterations == 2
+    last = states[-1]
+    assert last.objective == pytest.approx(float(rosenbrock(last.u, ROSENBROCK.p)), rel=1e-5)
+    if METHODS[method.lower()].grad:
+        expected = jax.grad(rosenbrock)(last.u, ROSENBROCK.p)
+        np.testing.assert_allclose(last.grad, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sol.u, last.u, rtol=1e-6)
+
+
+def test_the_callback_does_not_evaluate_again():
+    quiet = opf.solve(make(ROSENBROCK), opf.LBFGSB(), maxiters=100)
+    watched = opf.solve(make(ROSENBROCK), opf.LBFGSB(), maxiters=100, callback=lambda s, loss: None)
+    assert watched.stats.fevals == quiet.stats.fevals
+
+
+def test_maxtime_ends_the_run():
+    def slow(u, p):
+        time.sleep(0.005)
+        return float(np.sum((np.asarray(u) - 1.0) ** 2))
+
+    prob = opf.OptimizationProblem(opf.OptimizationFunction(slow, ad="finite"), np.zeros(5))
+    sol = opf.solve(prob, opf.NelderMead(), maxiters=10**6, maxtime=0.3)
+    assert sol.retcode is opf.ReturnCode.MaxTime
+    assert 0.3 <= sol.stats.time < 1.5
+    assert sol.objective < 5.0
+
+
+def test_keyboard_interrupt_returns_the_last_iterate():
+    def callback(state, loss):
+        if state.iter == 3:
+            raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="interrupted"):
+        sol = opf.solve(make(ROSENBROCK), opf.BFGS(), callback=callback)
+    assert sol.retcode is opf.ReturnCode.Terminated
+    assert sol.objective < float(rosenbrock(ROSENBROCK.u0, ROSENBROCK.p))
+
+
+def test_max_sense():
+    prob = opf.OptimizationProblem(
+        lambda u, p: 5.0 - quadratic(u, p), QUADRATIC.u0, QUADRATIC.p, sense=opf.MaxSense
+    )
+    sol = opf.solve(prob, opf.LBFGSB())
+    assert sol.objective == pytest.approx(5.0)
+    assert max_error(sol.u, QUADRATIC.u_star) < 1e-4
+
+
+# --------------------------------------------------------------------------- global
+
+
+RASTRIGIN = opf.OptimizationProblem(rastrigin, jnp.full(2, 2.5), lb=-5.12, ub=5.12)
+
+
+@pytest.mark.parametrize(
+    "alg, budget",
+    [
+        (opf.DifferentialEvolution(seed=1), 200),
+        (opf.DualAnnealing(seed=1), 200),
+        (opf.SHGO(), 3),
+        (opf.Direct(), 200),
+        (opf.BasinHopping(seed=1), 50),
+    ],
+    ids=lambda a: type(a).__name__ if not isinstance(a, int) else str(a),
+)
+def test_global_methods_find_rastrigins_global_minimum(alg, budget):
+    sol = opf.solve(RASTRIGIN, alg, maxiters=budget)
+    assert sol.objective < 1e-6
+    np.testing.assert_allclose(sol.u, [0.0, 0.0], atol=1e-4)
+    assert sol.stats.fevals > 0
+    assert sol.objective <= float(sol.original.fun) + 1e-12  # the best point evaluated
+
+
+@pytest.mark.parametrize(
+    "make_alg", [opf.DifferentialEvolution, opf.DualAnnealing, opf.BasinHopping]
+)
+def test_seeds_reproduce(make_alg):
+    a = opf.solve(RASTRIGIN, make_alg(seed=3), maxiters=20)
+    b = opf.solve(RASTRIGIN, make_alg(seed=3), maxiters=20)
+    np.testing.assert_array_equal(a.u, b.u)
+    assert a.stats.fevals == b.stats.fevals
+
+
+@pytest.mark.parametrize(
+    "alg", [opf.DifferentialEvolution(), opf.DualAnnealing(), opf.SHGO(), opf.Direct()], ids=repr
+)
+def test_global_methods_need_finite_bounds(alg):
+    with pytest.raises(opf.UnsupportedFeatureError, match=r"needs finite bounds.*lb=\.\.\., ub="):
+        opf.solve(opf.OptimizationProblem(rastrigin, jnp.ones(2)), alg, maxiters=5)
+    with pytest.raises(opf.UnsupportedFeatureError, match="finite bounds"):
+        opf.solve(opf.OptimizationProblem(rastrigin, jnp.ones(2), lb=-jnp.inf, ub=1.0), alg)
+
+
+def test_global_method_callback_stops():
+    sol = opf.solve(
+        RASTRIGIN,
+        opf.DifferentialEvolution(seed=0),
+        maxiters=100,
+        callback=lambda s, loss: s.iter == 3,
+    )
+    assert sol.retcode is opf.ReturnCode.Terminated
+    assert sol.stats.iterations == 3
+
+
+def test_basinhopping_without_bounds_uses_jax_gradients():
+    sol = opf.solve(make(ROSENBROCK), opf.BasinHopping(seed=0), maxiters=5)
+    assert sol.stats.gevals == sol.stats.fevals > 0
+    assert max_error(sol.u, ROSENBROCK.u_star) < 1e-4
+
+
+# --------------------------------------------------------------------------- least squares
+
+T = jnp.linspace(0.0, 1.0, 20)
+
+
+def residuals(u, p):
+    return u[0] * jnp.exp(-u[1] * T) - 2.0 * jnp.exp(-1.5 * T)
+
+
+@pytest.mark.parametrize("method", ["trf", "dogbox", "lm"])
+def test_least_squares_on_residuals(method):
+    prob = opf.OptimizationProblem(residuals, jnp.ones(2))
+    sol = opf.solve(prob, opf.ScipyLeastSquares(method))
+    assert sol.retcode is opf.ReturnCode.Success
+    np.testing.assert_allclose(sol.u, [2.0, 1.5], atol=1e-5)
+    assert sol.objective == pytest.approx(float(sol.original.cost), rel=1e-6)
+    if method != "lm":  # MINPACK counts its own Jacobian calls among the evaluations
+        assert sol.stats.fevals == sol.original.nfev
+
+
+def test_least_squares_errors():
+    with pytest.raises(opf.OptiframeError, match=r"'trf', 'dogbox' or 'lm'"):
+        opf.ScipyLeastSquares("gauss-newton")
+    with pytest.raises(opf.UnsupportedFeatureError, match="box bounds"):
+        opf.solve(
+            opf.OptimizationProblem(residuals, jnp.ones(2), lb=0.0, ub=3.0),
+            opf.ScipyLeastSquares("lm"),
+        )
+    with pytest.raises(opf.ObjectiveError, match=r"must return a scalar"):
+        opf.solve(opf.OptimizationProblem(residuals, jnp.ones(2)), opf.LBFGSB())
+    bounded = opf.OptimizationProblem(residuals, jnp.ones(2), lb=0.0, ub=jnp.array([1.8, 3.0]))
+    sol = opf.solve(bounded, opf.ScipyLeastSquares("trf"))
+    assert float(sol.u[0]) == pytest.approx(1.8, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- composites
+
+
+@pytest.mark.parametrize("sampler", ["sobol", "random"])
+def test_multistart_returns_the_best_run(sampler):
+    alg = opf.MultiStart(opf.LBFGSB(), 12, sampler=sampler, seed=2)
+    sol = opf.solve(RASTRIGIN, alg)
+    assert len(sol.original) == 12
+    assert sol.objective == min(run.objective for run in sol.original)
+    assert sol.stats.fevals == sum(run.stats.fevals for run in sol.original)
+    starts = alg.starts(RASTRIGIN)
+    assert all(np.all(np.abs(np.asarray(s)) <= 5.12) for s in starts)
+    assert len({tuple(np.asarray(s)) for s in starts}) == 12
+
+
+def test_multistart_in_parallel_matches_serial():
+    serial = opf.solve(RASTRIGIN, opf.MultiStart(opf.LBFGSB(), 6, seed=0))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        parallel = opf.solve(RASTRIGIN, opf.MultiStart(opf.LBFGSB(), 6, seed=0, executor=pool))
+    np.testing.assert_allclose(parallel.u, serial.u)
+    assert [r.objective for r in parallel.original] == [r.objective for r in serial.original]
+
+
+def test_multistart_errors():
+    with pytest.raises(opf.UnsupportedFeatureError, match="finite bounds"):
+        opf.solve(make(QUADRATIC), opf.MultiStart(opf.LBFGSB()))
+    with pytest.raises(opf.OptiframeError, match=r"sampler='halton'"):
+        opf.MultiStart(opf.LBFGSB(), sampler="halton")
+
+
+def test_polyopt_runs_adam_then_lbfgs():
+    sol = opf.solve(make(ROSENBROCK), opf.PolyOpt(), maxiters=200)
+    adam, lbfgs = sol.original
+    assert adam.stats.iterations == 200 and isinstance(adam.alg, opf.Optax)
+    assert lbfgs.alg == opf.LBFGSB()
+    np.testing.assert_allclose(lbfgs.problem.u0, adam.u)
+    assert max_error(sol.u, ROSENBROCK.u_star) < 1e-4
+    assert sol.stats.iterations == adam.stats.iterations + lbfgs.stats.iterations
+    assert opf.solve(make(ROSENBROCK), "PolyOpt").original[0].stats.iterations == 300
+
+
+def test_polyopt_with_bounds_or_data():
+    bounded = opf.solve(make(QUADRATIC, lb=0.0, ub=2.0), opf.PolyOpt())
+    assert len(bounded.original) == 1 and bounded.original[0].alg == opf.LBFGSB()
+    loader = opf.DataLoader((jnp.ones((8, 3)) * QUADRATIC.p,), 4)
+    prob = opf.OptimizationProblem(lambda u, b: quadratic(u, b[0][0]), QUADRATIC.u0, loader)
+    data = opf.solve(prob, opf.PolyOpt(), epochs=3)
+    assert len(data.original) == 1 and data.stats.iterations == 6
