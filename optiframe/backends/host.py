@@ -92,8 +92,9 @@ class HostObjective:
         self.memo: dict[str, tuple[bytes, np.ndarray]] = {}
         self.start, self.maxtime = time.perf_counter(), maxtime
 
-    def _x(self, x: np.ndarray) -> jax.Array:
-        return jnp.asarray(np.asarray(x, np.float64), self.dtype)
+    def _x(self, x: np.ndarray) -> np.ndarray:
+        # NumPy of JAX's dtype: jitted calls take it on their fast path (jnp.asarray does not).
+        return np.asarray(x, self.dtype)
 
     def _seen(self, x: np.ndarray, f: float, g: np.ndarray | None) -> None:
         if f < self.best_f:  # NaN compares False
