@@ -24,3 +24,16 @@ def test_optax_benchmark_smoke_run(capsys):
     ]
     assert all(ratio > 0 for _, ratio, _ in rows)
     assert "targets met" in capsys.readouterr().out
+
+
+def test_scipy_benchmark_smoke_run():
+    # In a subprocess: the benchmark turns on float64 for its whole process.
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_scipy.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.count("nfev identical: True") == 2
