@@ -465,3 +465,20 @@ def test_polyopt_with_bounds_or_data():
     prob = opf.OptimizationProblem(lambda u, b: quadratic(u, b[0][0]), QUADRATIC.u0, loader)
     data = opf.solve(prob, opf.PolyOpt(), epochs=3)
     assert len(data.original) == 1 and data.stats.iterations == 6
+
+
+def test_the_docs_table_matches_the_method_table():
+    import pathlib
+
+    docs = (pathlib.Path(__file__).parent.parent / "docs" / "scipy.md").read_text()
+    for spec in METHODS.values():
+        cells = [
+            c.strip()
+            for c in next(line for line in docs.splitlines() if line.startswith(f"| {spec.name} |"))
+            .strip("|")
+            .split("|")
+        ]
+        fmt = lambda option: f"`{option}`" if option else "—"  # noqa: E731
+        assert cells[2] == ("yes" if spec.bounds else "—"), spec.name
+        assert cells[3] == ("yes" if spec.constraints else "—"), spec.name
+        assert cells[4:] == [fmt(spec.maxiter), fmt(spec.abstol), fmt(spec.reltol)], spec.name
