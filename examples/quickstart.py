@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 1. Rosenbrock: Adam, then L-BFGS from Adam's end point.
     prob = opf.OptimizationProblem(rosenbrock, jnp.zeros(2), jnp.array([1.0, 100.0]))
-    adam = opf.solve(prob, optax.adam(1e-2), maxiters=500)
+    adam = opf.solve(prob, optax.adam(1e-2), maxiters=100)
     lbfgs = opf.solve(prob.remake(u0=adam.u), opf.LBFGSB(), maxiters=100)
     print(f"Rosenbrock  Adam: f = {adam.objective:.3e} ({adam.retcode})")
     print(f"Rosenbrock L-BFGS-B: f = {lbfgs.objective:.3e} ({lbfgs.retcode}) at u = {lbfgs.u}")
