@@ -482,3 +482,9 @@ def test_the_docs_table_matches_the_method_table():
         assert cells[2] == ("yes" if spec.bounds else "—"), spec.name
         assert cells[3] == ("yes" if spec.constraints else "—"), spec.name
         assert cells[4:] == [fmt(spec.maxiter), fmt(spec.abstol), fmt(spec.reltol)], spec.name
+
+
+def test_progress_bar_on_a_scipy_method(capsys):
+    opf.solve(make(ROSENBROCK), opf.BFGS(), maxiters=200, progress=opf.ProgressBar(every=2))
+    err = capsys.readouterr().err
+    assert "loss=" in err and "it" in err
