@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -27,3 +28,15 @@ def test_quickstart_runs_and_fits(capsys):
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 def test_every_example_has_a_quick_mode(path):
     assert "--quick" in path.read_text()
+
+
+def test_neural_ode_example_quick(tmp_path, capsys):
+    result = load("neural_ode_lotka_volterra").main(
+        ["--quick", "--output", str(tmp_path / "fit.png"), "--cache-dir", str(tmp_path / "jax")]
+    )
+    losses = result["losses"]
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+    assert losses["lbfgs"] < losses["adam"]  # L-BFGS on the full data improves on Adam's fit
+    assert np.isfinite(losses["final"]) and losses["final"] <= losses["lbfgs"]
+    out = capsys.readouterr().out
+    assert "final loss (full-data MSE, best iterate)" in out and "iteration     1" in out
