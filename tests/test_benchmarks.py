@@ -37,3 +37,10 @@ def test_scipy_benchmark_smoke_run():
         check=True,
     ).stdout
     assert out.count("nfev identical: True") == 2
+
+
+def test_neural_ode_benchmark_smoke_run(capsys):
+    reached, lbfgs = load("bench_neural_ode").main(["--quick"])
+    assert 0 <= reached <= 2
+    assert set(lbfgs) == {"optax.lbfgs", "SciPy L-BFGS-B"}
+    assert "seeds reach" in capsys.readouterr().out
