@@ -40,3 +40,14 @@ def test_neural_ode_example_quick(tmp_path, capsys):
     assert np.isfinite(losses["final"]) and losses["final"] <= losses["lbfgs"]
     out = capsys.readouterr().out
     assert "final loss (full-data MSE, best iterate)" in out and "iteration     1" in out
+
+
+def test_scipy_tutorial(tmp_path):
+    out = load("scipy_tutorial").main(["--quick", "--output", str(tmp_path / "beale.png")])
+    assert (tmp_path / "beale.png").stat().st_size > 10_000
+    for sol in out["beale"].values():
+        np.testing.assert_allclose(sol.u, [3.0, 0.5], atol=2e-3)
+    for sol in out["portfolio"].values():
+        assert float(np.sum(sol.u)) == pytest.approx(1.0, abs=1e-5)
+    assert out["named"].u["x"] == pytest.approx(1.0, abs=1e-3)
+    assert out["multistart"].retcode is not None and len(out["history"]) > 5
