@@ -51,3 +51,12 @@ def test_scipy_tutorial(tmp_path):
         assert float(np.sum(sol.u)) == pytest.approx(1.0, abs=1e-5)
     assert out["named"].u["x"] == pytest.approx(1.0, abs=1e-3)
     assert out["multistart"].retcode is not None and len(out["history"]) > 5
+
+
+def test_advanced_optimizers(tmp_path):
+    out = load("advanced_optimizers").main(["--quick", "--output", str(tmp_path / "o.png")])
+    results = out["results"]
+    assert len(results) == 13 and (tmp_path / "o.png").stat().st_size > 10_000
+    assert all(np.isfinite(final) and len(history) > 0 for history, final in results.values())
+    adam, tuned = out["chained"]
+    assert tuned < adam
