@@ -2,7 +2,7 @@
 
 import nox
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint", "docs"]
 
 
 @nox.session
@@ -18,3 +18,10 @@ def lint(session: nox.Session) -> None:
     """ruff over the package, tests, examples and benchmarks."""
     session.install("ruff")
     session.run("ruff", "check", "optiframe", "tests", "examples", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs-material + mkdocstrings), warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")

@@ -267,8 +267,10 @@ class OptimizationProblem:
         u0: the starting point, an array or a pytree (dict, list, tuple) of float arrays.
         p: the parameters passed to `fun`, or a data iterator (an `opf.DataLoader`, or any
             iterable that is not a pytree of arrays), walked one batch per iteration.
-        lb, ub: box bounds, scalars or pytrees shaped like `u0`; both or neither.
-        lcons, ucons: bounds of `f.cons(u, p)`, 1-D; both or neither.
+        lb: lower box bounds, a scalar or a pytree shaped like `u0` (with `ub`, or neither).
+        ub: upper box bounds, like `lb`.
+        lcons: lower bounds of `f.cons(u, p)`, 1-D (with `ucons`, or neither).
+        ucons: upper bounds of `f.cons(u, p)`, like `lcons`.
         integrality: bools shaped like `u0`, True where a variable is an integer.
         sense: `MinSense` (default) or `MaxSense`.
         **solver_kwargs: default keywords for `solve` (its own keywords override them).
