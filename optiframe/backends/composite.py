@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from ..data import is_data_iterator
 from ..errors import OptiframeError
@@ -17,6 +18,7 @@ from ..flat import ravel, restore_like, to_device
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode, Stats
 from .base import Algorithm, Capabilities, SolveOptions, register, resolve
+from .scipy import LBFGSB
 
 _SAMPLERS = ("sobol", "random")
 
@@ -168,10 +170,7 @@ class PolyOpt(Algorithm):
         )
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        import optax
-
-        from ..solve import solve
-        from .scipy import LBFGSB
+        from ..solve import solve  # solve imports the backends: resolved at call time
 
         budget = options.maxiters or self.default_maxiters
         keywords = _forward(options, maxiters=budget)

@@ -21,6 +21,7 @@ import scipy.optimize
 from ..errors import OptiframeError
 from ..flat import restore_like
 from ..problem import OptimizationProblem
+from ..progress import advance
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
 from .host import Halt, HostObjective
@@ -257,8 +258,6 @@ class HostRun:
                 f = fun if fun is not None else obj.value(x)
             objective = obj.sign * float(f)
             if self.bar is not None and self.iterations % self.every == 0:
-                from ..progress import advance
-
                 advance(self.bar, self.iterations, objective)
             if callback is not None:
                 state = OptimizationState(
