@@ -3,6 +3,15 @@ Nevergrad and more by changing one argument."""
 
 from .backends.base import Algorithm, Capabilities, SolveOptions
 from .backends.composite import MultiStart, PolyOpt
+from .backends.nevergrad import Nevergrad, NevergradResult, NevergradStep
+from .backends.ode import (
+    GradientFlow,
+    GradientFlowState,
+    HighOrderDescent,
+    ODEGradientDescent,
+    RKAccelerated,
+    RKChebyshevDescent,
+)
 from .backends.optax import Optax, OptaxState
 from .backends.scipy import (
     BFGS,
@@ -65,9 +74,16 @@ __all__ = [
     "Algorithm",
     "Capabilities",
     "DataLoader",
+    "GradientFlow",
+    "GradientFlowState",
+    "HighOrderDescent",
     "InvalidProblemError",
     "MaxSense",
     "MinSense",
+    "Nevergrad",
+    "NevergradResult",
+    "NevergradStep",
+    "ODEGradientDescent",
     "ObjSense",
     "ObjectiveError",
     "OptimizationFunction",
@@ -78,6 +94,8 @@ __all__ = [
     "OptaxState",
     "OptiframeError",
     "ProgressBar",
+    "RKAccelerated",
+    "RKChebyshevDescent",
     "ReturnCode",
     "SolveOptions",
     "Stats",

@@ -1,0 +1,354 @@
+"""Gradient-flow solvers on diffrax: Optimization.jl's OptimizationODE family.
+
+Minimise `f` by integrating the gradient flow `du/dt = −∇f(u)` from `u0` towards a
+steady state with an ODE solver. The algorithms here are cheap, immutable descriptions;
+the integration itself (`ode_flow.py`) and the Runge–Kutta–Chebyshev solver (`rkc.py`)
+import diffrax and equinox only when a gradient-flow solve runs.
+
+| algorithm | integrator | steps |
+|---|---|---|
+| `ODEGradientDescent(dt=0.01)` | explicit Euler (`diffrax.Euler`) | fixed `dt` |
+| `RKAccelerated()` | Tsitouras 5(4) (`diffrax.Tsit5`) | adaptive (PID) |
+| `HighOrderDescent()` | Dormand–Prince 8(7) (`diffrax.Dopri8`) | adaptive (PID) |
+| `RKChebyshevDescent()` | damped 2nd-order Runge–Kutta–Chebyshev (`rkc.RKC`) | adaptive, s(ρ) |
+| `GradientFlow(solver, stepsize_controller)` | any diffrax ODE solver | as given |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Any, NamedTuple
+
+from ..errors import InvalidProblemError, OptiframeError
+from .base import Algorithm, Capabilities, SolveOptions, register
+
+_KEYWORDS = frozenset(("maxiters", "maxtime", "abstol", "reltol", "callback", "warm_start"))
+
+
+class GradientFlowState(NamedTuple):
+    """Where a gradient flow stopped: what `solve(..., warm_start=sol)` continues from.
+
+    Attributes:
+        t: the flow's time.
+        y: the iterate as diffrax holds it (the leaves in one common float dtype).
+        solver_state: the diffrax solver's state (e.g. the FSAL derivative).
+        controller_state: the step size controller's state, with the accepted steps of
+            the whole warm-start chain and the end of the next proposed step.
+        made_jump: diffrax's discontinuity flag.
+        dt: the size of the next step.
+        key: identifies the algorithm and problem shapes the state belongs to.
+    """
+
+    t: Any
+    y: Any
+    solver_state: Any
+    controller_state: Any
+    made_jump: Any
+    dt: Any
+    key: Any = None
+
+
+def _positive(owner: str, name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and value > 0
+    )
+    if not ok:
+        raise InvalidProblemError(
+            f"`{owner}({name}={value!r})` must be a finite number > 0"
+            + (" or None." if allow_none else ".")
+        )
+
+
+class GradientFlowAlgorithm(Algorithm):
+    """Base of the gradient-flow algorithms: integrate `du/dt = −∇f(u)` with diffrax.
+
+    Subclasses say which diffrax solver, step size controller and first step to use
+    (`components`, called only when a solve runs, so construction imports nothing).
+
+    Stopping (see docs/ode.md): `abstol` stops when `‖∇f(u)‖₂ ≤ abstol`, `reltol` when
+    `‖∇f(u)‖₂ ≤ reltol · ‖u‖₂` (the flow's relative rate of change); both are diffrax's
+    steady-state condition, tested after every step by a `diffrax.Event`, and return
+    `Success`. `maxiters` caps the accepted steps (`MaxIters`), `maxtime` the wall time
+    (`MaxTime`).
+    """
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(needs=frozenset({"grad"}), keywords=_KEYWORDS)
+
+    def components(self) -> tuple[Any, Any, float | None]:
+        """(diffrax solver, diffrax step size controller, first step or None)."""
+        raise NotImplementedError
+
+    @property
+    def cache_key(self) -> Any:
+        """Equal for algorithms that compile to the same program."""
+        return self
+
+    def solve(self, problem: Any, options: SolveOptions) -> Any:
+        if options.solver_options:
+            raise OptiframeError(
+                f"Unknown options for the gradient-flow backend: "
+                f"{sorted(options.solver_options)}; configure the algorithm itself (e.g. "
+                "opf.RKAccelerated(rtol=1e-4) or opf.GradientFlow(solver, "
+                "stepsize_controller=...))."
+            )
+        try:
+            from .ode_flow import FlowRun
+        except ImportError as err:
+            raise OptiframeError(
+                f"{self!r} needs diffrax and equinox: pip install 'optiframe[ode]'."
+            ) from err
+        return FlowRun(self, problem, options).run()
+
+
+def _pid(rtol: float, atol: float) -> Any:
+    import diffrax
+
+    return diffrax.PIDController(rtol=rtol, atol=atol)
+
+
+@dataclasses.dataclass(frozen=True)
+class ODEGradientDescent(GradientFlowAlgorithm):
+    """Explicit Euler on the gradient flow with a fixed step: gradient descent with
+    learning rate `dt`, one gradient per step (Optimization.jl's `ODEGradientDescent`).
+
+    Stable only while `dt < 2 / λ_max(∇²f)`; a larger step diverges and returns
+    `Failure` with the best finite iterate.
+
+    Args:
+        dt: the step (0.01, the value in Optimization.jl's documentation).
+
+    Example:
+        >>> sol = opf.solve(prob, opf.ODEGradientDescent(dt=0.01), maxiters=10_000,
+        ...                 abstol=1e-6)
+    """
+
+    dt: float = 0.01
+
+    def __post_init__(self) -> None:
+        _positive("ODEGradientDescent", "dt", self.dt)
+
+    def components(self) -> tuple[Any, Any, float | None]:
+        import diffrax
+
+        return diffrax.Euler(), diffrax.ConstantStepSize(), float(self.dt)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Adaptive(GradientFlowAlgorithm):
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    dt0: float | None = None
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _positive(owner, "rtol", self.rtol)
+        _positive(owner, "atol", self.atol)
+        _positive(owner, "dt0", self.dt0, allow_none=True)
+
+    def _solver(self) -> Any:
+        raise NotImplementedError
+
+    def components(self) -> tuple[Any, Any, float | None]:
+        dt0 = None if self.dt0 is None else float(self.dt0)
+        return self._solver(), _pid(self.rtol, self.atol), dt0
+
+
+@dataclasses.dataclass(frozen=True)
+class RKAccelerated(_Adaptive):
+    """Tsit5, an adaptive explicit Runge–Kutta 5(4) pair, on the gradient flow
+    (Optimization.jl's `RKAccelerated`). About six gradients per step.
+
+    Args:
+        rtol, atol: the integrator's local error tolerances (`diffrax.PIDController`);
+            they set how closely the flow is followed, not when the solve stops (that is
+            `solve(abstol=..., reltol=...)`). Tighter than an ODE solver's usual 1e-3/1e-6:
+            with those, the stiff components of the flow ring at the tolerance near the
+            minimum and the gradient never gets small (docs/ode.md, "Tolerances").
+        dt0: the first step; None lets diffrax choose it (two gradient evaluations).
+
+    Example:
+        >>> sol = opf.solve(prob, opf.RKAccelerated(), maxiters=5_000, abstol=1e-6)
+    """
+
+    def _solver(self) -> Any:
+        import diffrax
+
+        return diffrax.Tsit5()
+
+
+@dataclasses.dataclass(frozen=True)
+class HighOrderDescent(_Adaptive):
+    """Dopri8, an adaptive explicit Runge–Kutta 8(7) pair, on the gradient flow.
+
+    Optimization.jl's `HighOrderDescent` uses Vern7, which diffrax does not have; Dopri8 is
+    diffrax's high-order explicit method (12 gradients per step, not FSAL).
+
+    Args:
+        rtol, atol: the integrator's local error tolerances (`diffrax.PIDController`),
+            tight for the reason given at `RKAccelerated`.
+        dt0: the first step; None lets diffrax choose it.
+
+    Example:
+        >>> sol = opf.solve(prob, opf.HighOrderDescent(), maxiters=5_000, abstol=1e-6)
+    """
+
+    def _solver(self) -> Any:
+        import diffrax
+
+        return diffrax.Dopri8()
+
+
+@dataclasses.dataclass(frozen=True)
+class RKChebyshevDescent(_Adaptive):
+    """A stabilised explicit method on the gradient flow: damped second-order
+    Runge–Kutta–Chebyshev (RKC, Sommeijer–Shampine–Verwer 1997; see
+    `optiframe.backends.rkc.RKC`), adaptive.
+
+    Each step uses `s` stages with `s ≈ √(1.54 h ρ)`, where `ρ` is the largest
+    curvature, estimated by the nonlinear power method. Its stability interval grows like
+    `0.65 s²`, so on a stiff (ill-conditioned) problem it takes steps far beyond explicit
+    Euler's `2/ρ` at a cost that grows only like the square root of the step.
+
+    Args:
+        rtol, atol: the integrator's local error tolerances (`diffrax.PIDController`).
+            Looser than `RKAccelerated`'s: a stabilised method does not ring, since it
+            adds stages rather than overstep its stability interval.
+        dt0: the first step; None lets diffrax choose it.
+        max_stages: the most stages per step (stability up to `h ρ ≈ 0.65 max_stages²`).
+        spectral_radius: a known bound of `λ_max(∇²f)`, to skip the estimation.
+
+    Example:
+        >>> sol = opf.solve(prob, opf.RKChebyshevDescent(), maxiters=1_000, abstol=1e-6)
+    """
+
+    rtol: float = 1e-3
+    atol: float = 1e-6
+    max_stages: int = 500
+    spectral_radius: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = isinstance(self.max_stages, int) and not isinstance(self.max_stages, bool)
+        if not ok or self.max_stages < 2:
+            raise InvalidProblemError(
+                f"`RKChebyshevDescent(max_stages={self.max_stages!r})` must be an integer "
+                ">= 2."
+            )
+        _positive("RKChebyshevDescent", "spectral_radius", self.spectral_radius, allow_none=True)
+
+    def _solver(self) -> Any:
+        from .rkc import RKC
+
+        radius = None if self.spectral_radius is None else float(self.spectral_radius)
+        return RKC(max_stages=self.max_stages, spectral_radius=radius)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GradientFlow(GradientFlowAlgorithm):
+    """The gradient flow integrated by any diffrax ODE solver.
+
+    Args:
+        solver: a diffrax solver, e.g. `diffrax.Bosh3()`, `diffrax.Heun()`,
+            `diffrax.Kvaerno5()` (implicit solvers work, but see docs/ode.md on counts).
+        stepsize_controller: a diffrax step size controller. Default: a
+            `diffrax.PIDController(rtol=1e-6, atol=1e-8)` for a solver with an error
+            estimate, `diffrax.ConstantStepSize()` (which needs `dt0`) otherwise.
+        dt0: the first (or, with a constant step size, every) step; None lets an
+            adaptive controller choose it.
+
+    Raises:
+        InvalidProblemError: the solver is not a diffrax ODE solver, or the controller
+            does not fit it.
+
+    Example:
+        >>> import diffrax
+        >>> alg = opf.GradientFlow(diffrax.Bosh3(), diffrax.PIDController(rtol=1e-4, atol=1e-8))
+        >>> sol = opf.solve(prob, alg, maxiters=5_000, abstol=1e-6)
+    """
+
+    solver: Any
+    stepsize_controller: Any = None
+    dt0: float | None = None
+
+    def __post_init__(self) -> None:
+        dfx = sys.modules.get("diffrax")
+        if dfx is None or not isinstance(self.solver, dfx.AbstractSolver):
+            raise InvalidProblemError(
+                f"`GradientFlow(solver=...)` must be a diffrax solver (e.g. "
+                f"diffrax.Tsit5()), got {type(self.solver).__name__}."
+            )
+        _positive("GradientFlow", "dt0", self.dt0, allow_none=True)
+        name = type(self.solver).__name__
+        structure = self.solver.term_structure
+        structure = getattr(structure, "__origin__", structure)
+        if not (isinstance(structure, type) and issubclass(dfx.ODETerm, structure)):
+            raise InvalidProblemError(
+                f"`GradientFlow(solver={name}())` expects terms shaped like {structure}, "
+                "but a gradient flow is one ODE term; use an ODE solver (e.g. "
+                "diffrax.Tsit5(), diffrax.Heun(), diffrax.Kvaerno5())."
+            )
+        controller = self.stepsize_controller
+        adaptive_solver = isinstance(self.solver, dfx.AbstractAdaptiveSolver)
+        if controller is None:
+            if not adaptive_solver and self.dt0 is None:
+                raise InvalidProblemError(
+                    f"`GradientFlow(solver={name}())` has no error estimate, so it takes "
+                    "fixed steps: pass dt0=..., or use an adaptive solver, or wrap it in "
+                    "diffrax.HalfSolver to get an error estimate."
+                )
+            return
+        if not isinstance(controller, dfx.AbstractStepSizeController):
+            raise InvalidProblemError(
+                f"`GradientFlow(stepsize_controller=...)` must be a diffrax step size "
+                f"controller (e.g. diffrax.PIDController(rtol=1e-3, atol=1e-6)), got "
+                f"{type(controller).__name__}."
+            )
+        if isinstance(controller, dfx.AbstractAdaptiveStepSizeController) and not adaptive_solver:
+            raise InvalidProblemError(
+                f"`GradientFlow(solver={name}(), stepsize_controller="
+                f"{type(controller).__name__}(...))`: {name} has no error estimate to adapt "
+                "the step to; use diffrax.ConstantStepSize() with dt0=..., or wrap the "
+                "solver in diffrax.HalfSolver."
+            )
+        if isinstance(controller, dfx.ConstantStepSize) and self.dt0 is None:
+            raise InvalidProblemError(
+                "`GradientFlow(stepsize_controller=ConstantStepSize())` needs the step: "
+                "pass dt0=..."
+            )
+
+    def components(self) -> tuple[Any, Any, float | None]:
+        import diffrax
+
+        controller = self.stepsize_controller
+        if controller is None:
+            if isinstance(self.solver, diffrax.AbstractAdaptiveSolver):
+                controller = diffrax.PIDController(rtol=1e-6, atol=1e-8)
+            else:
+                controller = diffrax.ConstantStepSize()
+        return self.solver, controller, None if self.dt0 is None else float(self.dt0)
+
+    @property
+    def cache_key(self) -> Any:
+        parts = (type(self), self.solver, self.stepsize_controller, self.dt0)
+        try:
+            hash(parts)
+        except TypeError:  # array fields: compare by identity (the cache keeps them alive)
+            return (type(self), id(self.solver), id(self.stepsize_controller), self.dt0)
+        return parts
+
+    def __repr__(self) -> str:
+        controller = self.stepsize_controller
+        shown = "" if controller is None else f", {type(controller).__name__}(...)"
+        return f"GradientFlow({type(self.solver).__name__}(){shown})"
+
+
+for _cls in (ODEGradientDescent, RKAccelerated, HighOrderDescent, RKChebyshevDescent):
+    register(_cls.__name__, _cls)
+    register(f"ode:{_cls.__name__}", _cls)
