@@ -131,3 +131,41 @@ def beale(u, p):
 
 def rastrigin(u, p):
     return 10 * u.size + jnp.sum(u**2 - 10 * jnp.cos(2 * jnp.pi * u))
+
+
+# Gradient-flow problems (test_ode.py, benchmarks/bench_ode.py).
+# The least-squares problem of the Discourse thread "optimization as if solving an ODE":
+# A is 50x5, U is 5x2, B = A U; minimise 1/2 ||A X - B||^2 over X (5x2); the minimiser is U.
+_SEED = np.random.default_rng(0)
+LSQ_A = _SEED.random((50, 5))
+LSQ_U = _SEED.random((5, 2))
+LSQ_B = LSQ_A @ LSQ_U
+LSQ_U0 = _SEED.random((5, 2))
+
+
+def least_squares(u, p):
+    a, b = p
+    return 0.5 * jnp.sum((a @ u - b) ** 2)
+
+
+LEAST_SQUARES = Problem(
+    "least-squares", least_squares, jnp.asarray(LSQ_U0),
+    (jnp.asarray(LSQ_A), jnp.asarray(LSQ_B)), LSQ_U, 0.0,
+)
+ROSENBROCK_FAR = Problem(
+    "rosenbrock-(1.5,2)", rosenbrock, jnp.array([1.5, 2.0]), jnp.array([1.0, 100.0]),
+    np.ones(2), 0.0,
+)
+# A quadratic 1/2 sum(lambda_i u_i^2) with a stiff spectrum: curvatures log-spaced from 1 to
+# 1e3 (condition number 1e3); explicit Euler is stable only for dt < 2e-3.
+STIFF_LAMBDAS = np.logspace(0.0, 3.0, 10)
+
+
+def stiff_quadratic(u, p):
+    return 0.5 * jnp.sum(p * u**2)
+
+
+STIFF_QUADRATIC = Problem(
+    "stiff-quadratic", stiff_quadratic, jnp.ones(10), jnp.asarray(STIFF_LAMBDAS),
+    np.zeros(10), 0.0,
+)
