@@ -169,3 +169,15 @@ STIFF_QUADRATIC = Problem(
     "stiff-quadratic", stiff_quadratic, jnp.ones(10), jnp.asarray(STIFF_LAMBDAS),
     np.zeros(10), 0.0,
 )
+
+
+# Search problems for gradient-free methods (test_nevergrad.py, with rastrigin and hs71 above).
+
+SPHERE_SHIFT = np.array([1.0, -2.0, 0.5, 3.0])
+
+
+def shifted_sphere(u, p):
+    return jnp.sum((u - p) ** 2)
+
+
+HS71_U_STAR = np.array([1.0, 4.7429994, 3.8211503, 1.3794082])

@@ -1,0 +1,858 @@
+"""The Nevergrad backend: every optimizer of Nevergrad's registry behind `solve`.
+
+One run asks Nevergrad for a batch of candidates, evaluates the batch, tells Nevergrad every
+value, and repeats until the evaluation budget (`maxiters`) is spent:
+
+- an objective written in JAX (`ad="jax"`, the default) is evaluated a whole batch at a
+  time, in one `jax.vmap`-ed, jitted call (`nevergrad_eval.JaxEvaluator`);
+- host code (`ad="finite"` or `ad=None`) is called once per candidate on NumPy
+  (`nevergrad_eval.HostEvaluator`), or in parallel through an `executor`.
+
+`sol.u` is the best candidate evaluated (for a deterministic objective); Nevergrad's own
+recommendation stays in `sol.original`. See docs/nevergrad.md.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import difflib
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
+from ..flat import restore_like
+from ..problem import OptimizationProblem
+from ..progress import advance
+from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
+from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
+from .nevergrad_eval import (
+    Batch,
+    HostConstraints,
+    HostEvaluator,
+    JaxEvaluator,
+    aux_at,
+    scalar_result,
+)
+from .nevergrad_space import BOUNDINGS, SearchSpace
+
+# Nevergrad's own cap on a loss it is told (larger values are clipped, with a warning).
+BAD_LOSS = 5.0e20
+
+# The bounding (`set_bounds(method=...)`) each family of optimizers gets by default; chosen
+# by `benchmarks/bench_nevergrad.py --bounding` (docs/nevergrad.md has the measurements).
+DEFAULT_BOUNDING = {
+    "CMA": "clipping",
+    "DE": "clipping",
+    "PSO": "clipping",
+    "OnePlusOne": "clipping",
+    "NGOpt": "clipping",
+    "recast": "clipping",
+    "other": "bouncing",
+}
+
+# Nevergrad's `tell(..., constraint_violation=v, penalty_style=(a, b, c, d, e, f))` adds
+# (a * [past half the budget] + max(loss, 0)) * (f + told) ** e * (b * sum(v ** c)) ** d.
+# Nevergrad's default (1e5, 1, 0.5, 1, 0.5, 1), a square root of the violation under a
+# weight growing with time, stalls CMA on Hock-Schittkowski 71 at 5-40 % above the optimum;
+# a fixed quadratic penalty (the sum of violations squared) with a weight of 1e4 from half
+# the budget reaches it (see docs/nevergrad.md).
+PENALTY_STYLE = (1e4, 1.0, 1.0, 2.0, 0.0, 1.0)
+
+_OPTIONS: dict[str, Any] = {
+    "bounding": None,
+    "constraints": "penalty",
+    "constraint_tol": 1e-6,
+    "penalty_style": PENALTY_STYLE,
+    "batch_mode": True,
+    "noisy": False,
+}
+_CONSTRAINT_MODES = ("penalty", "cheap")
+
+
+# --------------------------------------------------------------------------- NumPy 2.4
+
+
+def _lenient_float(x: Any = 0.0) -> float:
+    """`float` as NumPy < 2.4 had it: a one-element array of any shape converts to its
+    element (NumPy 2.4 raises TypeError for arrays with ndim > 0)."""
+    if isinstance(x, np.ndarray) and x.ndim > 0 and x.size == 1:
+        return float(x.reshape(()))
+    return float(x)
+
+
+def _patch_metamodel() -> None:
+    """Make Nevergrad's metamodel work with NumPy >= 2.4.
+
+    `nevergrad.optimization.metamodel.learn_on_k_best` converts `model.predict(...)`, a
+    one-element array, with `float(...)`, which NumPy 2.4 turned from a DeprecationWarning
+    into a TypeError (nevergrad 1.0.12, the latest release; nevergrad issue #1612). The
+    TypeError escapes the metamodel's own `MetaModelFailure` handling and kills every
+    optimizer that consults a metamodel, NGOpt on small continuous problems included.
+    Giving that one module the conversion NumPy < 2.4 performed keeps Nevergrad's choices
+    exactly as they were; nothing else is touched.
+    """
+    from nevergrad.optimization import metamodel
+
+    if getattr(metamodel, "float", None) is not _lenient_float:
+        metamodel.float = _lenient_float  # module global; shadows the builtin there only
+
+
+def _import_nevergrad() -> Any:
+    try:
+        import nevergrad as ng
+    except ImportError as err:
+        raise UnsupportedFeatureError(
+            "opf.Nevergrad needs the nevergrad package: pip install 'optiframe[nevergrad]'."
+        ) from err
+    _patch_metamodel()
+    # Nevergrad's CMA tells the `cma` package points repaired into the bounds ("injected"),
+    # one ask at a time, and `cma` then warns about "orphanated injected solution"s: a
+    # notice about Nevergrad's calling pattern that a user cannot act on.
+    warnings.filterwarnings("ignore", message="orphanated injected solution", module="cma")
+    return ng
+
+
+# --------------------------------------------------------------------------- results
+
+
+class NevergradResult(NamedTuple):
+    """`sol.original` of a Nevergrad run.
+
+    Attributes:
+        recommendation: Nevergrad's recommendation (`optimizer.provide_recommendation()`),
+            an `ng.p.Parameter`; for a deterministic objective `sol.u` is instead the best
+            candidate evaluated, which can be better.
+        recommended_u: the recommendation in `u0`'s structure (NumPy leaves).
+        optimizer: the Nevergrad optimizer after the run (background threads of recast
+            optimizers stopped: it can be inspected, not continued).
+        selected: the optimizer that did the work (NGOpt and the other wizards pick one).
+        nonfinite: how many evaluations returned NaN or inf.
+    """
+
+    recommendation: Any
+    recommended_u: Any
+    optimizer: Any
+    selected: str
+    nonfinite: int
+
+
+class NevergradStep(NamedTuple):
+    """`state.original` in a callback: the batch just told.
+
+    Attributes:
+        optimizer: the Nevergrad optimizer.
+        candidates: the told `ng.p.Parameter`s.
+        us: the candidates in `u0`'s structure (NumPy leaves).
+        objectives: (b,) the value of `fun` at each.
+        violations: (b,) the largest constraint violation of each, or None.
+        best_objective: the best objective seen so far (over feasible candidates).
+    """
+
+    optimizer: Any
+    candidates: list[Any]
+    us: list[Any]
+    objectives: np.ndarray
+    violations: np.ndarray | None
+    best_objective: float
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(_OPTIONS), n=1, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise InvalidProblemError(
+            f"`{where}`: unknown option(s) {', '.join(hints)}; the Nevergrad backend takes "
+            f"{', '.join(sorted(_OPTIONS))}. Configure the optimizer itself by passing a "
+            "configured optimizer, e.g. ng.families.ParametrizedCMA(popsize=20)."
+        )
+    bounding = options.get("bounding")
+    if bounding is not None and bounding not in BOUNDINGS:
+        raise InvalidProblemError(
+            f"`{where}(bounding={bounding!r})` must be None (the default for the optimizer's "
+            f"family) or one of {', '.join(map(repr, BOUNDINGS))}."
+        )
+    mode = options.get("constraints", "penalty")
+    if mode not in _CONSTRAINT_MODES:
+        raise InvalidProblemError(
+            f"`{where}(constraints={mode!r})` must be 'penalty' or 'cheap'."
+        )
+    tol = options.get("constraint_tol", 0.0)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise InvalidProblemError(f"`{where}(constraint_tol={tol!r})` must be a number >= 0.")
+    style = options.get("penalty_style", PENALTY_STYLE)
+    if not (
+        isinstance(style, (tuple, list)) and len(style) == 6
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in style)
+    ):
+        raise InvalidProblemError(
+            f"`{where}(penalty_style={style!r})` must be 6 numbers (a, b, c, d, e, f) as "
+            "Nevergrad's tell(penalty_style=...) takes them."
+        )
+    for flag in ("batch_mode", "noisy"):
+        if flag in options and not isinstance(options[flag], bool):
+            raise InvalidProblemError(f"`{where}({flag}={options[flag]!r})` must be True or False.")
+    return dict(options)
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
+class Nevergrad(Algorithm):
+    """Any Nevergrad optimizer as an optiframe algorithm.
+
+    `maxiters` is the evaluation budget: the number of candidates evaluated (Nevergrad's
+    `budget`). `sol.u` is the best candidate evaluated; with constraints, the best whose
+    constraints hold to `constraint_tol`. Nevergrad's recommendation is in
+    `sol.original.recommendation`.
+
+    Args:
+        name: a name in `ng.optimizers.registry` ("NGOpt", "CMA", "TwoPointsDE", "PSO",
+            ...; a unique case-insensitive match is accepted), an optimizer class, or a
+            configured optimizer (`ng.families.ParametrizedCMA(popsize=20)`).
+        seed: seeds Nevergrad's random state; the same seed gives the same result. None
+            draws a fresh one.
+        num_workers: candidates asked, evaluated and told per batch. On a JAX objective a
+            batch is one `jax.vmap`-ed call; with `executor`, up to this many evaluations
+            run at once. Nevergrad also adapts its strategy to it (e.g. CMA's population).
+        executor: a `concurrent.futures.Executor` (a process pool, or a dask.distributed
+            client's `get_executor()`) that evaluates `fun(u, p)` on NumPy, as Nevergrad's
+            own `minimize(executor=...)` does, for objectives that are not JAX.
+        **options: `bounding` (None: the default of the optimizer's family, or one of
+            "bouncing", "clipping", "arctan", "tanh", "constraint"), `constraints`
+            ("penalty", the default, or "cheap"), `constraint_tol` (1e-6), `batch_mode`
+            (True: with an executor, tell whole batches in asked order, reproducibly;
+            False: Nevergrad's steady state, tell each result as it arrives) and `noisy`
+            (False; True: the objective is stochastic, `sol.u` is Nevergrad's
+            recommendation). The same options may be given to `solve`.
+
+    Raises:
+        InvalidProblemError: a bad `seed`, `num_workers`, `executor` or option.
+
+    Example:
+        >>> sol = opf.solve(prob, opf.Nevergrad("CMA", seed=0, num_workers=8), maxiters=2000)
+        >>> sol.u, sol.objective, sol.original.recommendation
+    """
+
+    name: Any
+    seed: int | None
+    num_workers: int
+    executor: Any
+    options: Mapping[str, Any]
+
+    def __init__(
+        self,
+        name: Any = "NGOpt",
+        *,
+        seed: int | None = None,
+        num_workers: int = 1,
+        executor: Any = None,
+        **options: Any,
+    ) -> None:
+        if hasattr(name, "ask") and hasattr(name, "tell") and not isinstance(name, type):
+            raise InvalidProblemError(
+                f"`Nevergrad(name=...)` got an optimizer instance ({type(name).__name__}); pass "
+                "its class or a configured optimizer instead: optiframe builds the optimizer "
+                "from the problem (parametrization, budget, num_workers)."
+            )
+        if not isinstance(name, str) and not callable(name):
+            raise InvalidProblemError(
+                f"`Nevergrad(name={name!r})` must be a name in ng.optimizers.registry, an "
+                "optimizer class or a configured optimizer."
+            )
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed < 2**32
+        ):
+            raise InvalidProblemError(
+                f"`Nevergrad(seed={seed!r})` must be None or an integer in [0, 2**32)."
+            )
+        if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or (
+            num_workers < 1
+        ):
+            raise InvalidProblemError(
+                f"`Nevergrad(num_workers={num_workers!r})` must be a positive integer."
+            )
+        if executor is not None and not callable(getattr(executor, "submit", None)):
+            raise InvalidProblemError(
+                f"`Nevergrad(executor=...)` must have a submit(fn, *args) method (a "
+                f"concurrent.futures.Executor), got {type(executor).__name__}."
+            )
+        options = _check_options(options, "Nevergrad")
+        for field, value in (
+            ("name", name.strip() if isinstance(name, str) else name),
+            ("seed", None if seed is None else int(seed)),
+            ("num_workers", int(num_workers)),
+            ("executor", executor),
+            ("options", options),
+        ):
+            object.__setattr__(self, field, value)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            bounds=True,
+            constraints=True,
+            integrality=True,
+            data=False,
+            keywords=frozenset(("maxiters", "maxtime", "callback", "progress", "save_best")),
+        )
+
+    def __repr__(self) -> str:
+        name = self.name if isinstance(self.name, str) else _display(self.name)
+        extras = [f"{name!r}"]
+        if self.seed is not None:
+            extras.append(f"seed={self.seed}")
+        if self.num_workers != 1:
+            extras.append(f"num_workers={self.num_workers}")
+        if self.executor is not None:
+            extras.append(f"executor={type(self.executor).__name__}")
+        extras += [f"{k}={v!r}" for k, v in sorted(self.options.items())]
+        return f"Nevergrad({', '.join(extras)})"
+
+    def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
+        settings = {
+            **_OPTIONS,
+            **self.options,
+            **_check_options(options.solver_options, "solve"),
+        }
+        return _Run(self, problem, options, settings).run()
+
+
+def _display(obj: Any) -> str:
+    if isinstance(obj, type):
+        return obj.__name__
+    return getattr(obj, "name", None) or repr(obj)
+
+
+def resolve_optimizer(name: Any) -> tuple[Any, str]:
+    """(the optimizer class or configured optimizer, its name) for `Nevergrad(name=...)`.
+
+    Raises:
+        InvalidProblemError: an unknown name (listing the close matches) or a bad object.
+    """
+    ng = _import_nevergrad()
+    from nevergrad.optimization import base
+
+    registry = ng.optimizers.registry
+    if isinstance(name, str):
+        if name in registry:
+            return registry[name], name
+        folded = [key for key in registry if key.lower() == name.lower()]
+        if len(folded) == 1:
+            return registry[folded[0]], folded[0]
+        close = difflib.get_close_matches(name, list(registry), n=6, cutoff=0.6)
+        close += [k for k in registry if k.lower().startswith(name.lower()) and k not in close]
+        hint = f" Did you mean {', '.join(repr(c) for c in close[:8])}?" if close else ""
+        raise InvalidProblemError(
+            f"`Nevergrad(name={name!r})`: no optimizer of that name in Nevergrad's registry "
+            f"({len(registry)} names, see ng.optimizers.registry).{hint}"
+        )
+    if isinstance(name, base.ConfiguredOptimizer) or (
+        isinstance(name, type) and issubclass(name, base.Optimizer)
+    ):
+        return name, _display(name)
+    if isinstance(name, base.Optimizer):
+        raise InvalidProblemError(
+            f"`Nevergrad(name=...)` got an optimizer instance ({type(name).__name__}); pass "
+            "its class or a configured optimizer instead: optiframe builds the optimizer "
+            "from the problem (parametrization, budget, num_workers)."
+        )
+    raise InvalidProblemError(
+        f"`Nevergrad(name=...)` must be a name in ng.optimizers.registry, an optimizer class "
+        f"or a configured optimizer, got {type(name).__name__}."
+    )
+
+
+def family(factory: Any) -> str:
+    """The family of a Nevergrad optimizer class or configured optimizer, the key of
+    `DEFAULT_BOUNDING`."""
+    from nevergrad.optimization import (
+        base,
+        differentialevolution,
+        optimizerlib,
+        recaster,
+        recastlib,
+    )
+
+    if isinstance(factory, base.ConfiguredOptimizer):
+        kinds = (
+            (optimizerlib.ParametrizedCMA, "CMA"),
+            (differentialevolution.DifferentialEvolution, "DE"),
+            (optimizerlib.ConfPSO, "PSO"),
+            (optimizerlib.ParametrizedOnePlusOne, "OnePlusOne"),
+            (recastlib.NonObjectOptimizer, "recast"),
+        )
+        for kind, key in kinds:
+            if isinstance(factory, kind):
+                return key
+        return "other"
+    if issubclass(factory, optimizerlib.NGOptBase):
+        return "NGOpt"
+    if issubclass(factory, (optimizerlib.MetaCMA, optimizerlib._CMA)):
+        return "CMA"
+    if issubclass(factory, recaster.RecastOptimizer):
+        return "recast"
+    return "other"
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _stop_threads(optimizer: Any) -> None:
+    """Stop the background threads of recast optimizers anywhere inside `optimizer`, so a
+    kept optimizer never blocks the interpreter's exit."""
+    from nevergrad.optimization import base
+
+    seen: set[int] = set()
+    stack = [optimizer]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, base.Optimizer):
+            thread = getattr(obj, "_messaging_thread", None)
+            if thread is not None:
+                thread.stop()
+            stack.extend(vars(obj).values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+
+
+@dataclasses.dataclass
+class _Best:
+    """The best candidate evaluated: feasible before infeasible, then by signed loss (or,
+    among infeasible ones, by violation)."""
+
+    x: np.ndarray | None = None
+    loss: float = np.inf
+    objective: float = np.nan
+    violation: float = np.inf
+
+    def key(self, loss: float, violation: float, tol: float) -> tuple[int, float]:
+        feasible = violation <= tol
+        return (0, loss) if feasible else (1, violation)
+
+    def offer(self, x: np.ndarray, loss: float, objective: float, violation: float, tol: float):
+        if not np.isfinite(loss):
+            return
+        if self.x is None or self.key(loss, violation, tol) < self.key(
+            self.loss, self.violation, tol
+        ):
+            self.x, self.loss, self.objective, self.violation = x, loss, objective, violation
+
+
+class _Run:
+    """One call of `solve` with the Nevergrad backend."""
+
+    def __init__(
+        self,
+        alg: Nevergrad,
+        problem: OptimizationProblem,
+        options: SolveOptions,
+        settings: dict[str, Any],
+    ) -> None:
+        if options.maxiters is None:
+            raise InvalidProblemError(
+                "The Nevergrad backend needs an evaluation budget: pass solve(..., maxiters=N) "
+                "(N candidates are evaluated)."
+            )
+        self.alg, self.problem, self.options, self.settings = alg, problem, options, settings
+        self.ng = _import_nevergrad()
+        self.factory, self.label = resolve_optimizer(alg.name)
+        self.family = family(self.factory)
+        self.space = SearchSpace(problem)
+        self.k = alg.num_workers
+        self.executor = alg.executor
+        self.tol = float(settings["constraint_tol"])
+        self.cheap = problem.has_constraints and settings["constraints"] == "cheap"
+        if getattr(self.factory, "no_parallelization", False) and self.k > 1:
+            raise UnsupportedFeatureError(
+                f"Nevergrad's {self.label} evaluates one candidate at a time and cannot take "
+                f"num_workers={self.k}; use num_workers=1, or a population method that "
+                "batches well ('TwoPointsDE', 'PSO', 'CMA', 'NGOpt')."
+            )
+        if not settings["batch_mode"] and self.executor is None:
+            raise UnsupportedFeatureError(
+                "`batch_mode=False` (Nevergrad's steady state: tell each result as it arrives) "
+                "needs an executor; pass Nevergrad(executor=...) or drop batch_mode."
+            )
+        if self.cheap and np.any(problem.lcons == problem.ucons):
+            raise UnsupportedFeatureError(
+                "`constraints='cheap'` resamples candidates until the constraints hold, "
+                "which random samples of an equality constraint (lcons == ucons) almost never "
+                "do; use constraints='penalty' (the default)."
+            )
+        default = "penalty" if problem.has_constraints and not self.cheap else None
+        self.bounding = settings["bounding"] or default or DEFAULT_BOUNDING[self.family]
+        self.penalised = (problem.has_constraints and not self.cheap) or (
+            self.bounding == "penalty" and problem.has_bounds
+        )
+        self.style = tuple(float(v) for v in settings["penalty_style"])
+        self.host = problem.f.ad != "jax" or self.executor is not None
+        if self.executor is None:
+            if self.host:
+                self.evaluate = HostEvaluator(problem, self.space)
+            else:
+                self.evaluate = JaxEvaluator(problem, self.space, self.k)
+        elif problem.has_constraints:
+            self.constraints = HostConstraints(problem, self.space)
+
+    # -- setting up
+
+    def _optimizer(self) -> Any:
+        param = self.space.parametrization(self.ng, self.bounding)
+        if self.settings["noisy"]:
+            param.function.deterministic = False
+        if self.cheap:
+            for check in self._cheap_checks():
+                param.register_cheap_constraint(check)
+        if self.alg.seed is not None:
+            param.random_state = np.random.RandomState(self.alg.seed)
+        try:
+            return self.factory(
+                parametrization=param, budget=self.options.maxiters, num_workers=self.k
+            )
+        except ImportError as err:
+            raise _missing(self.label, err) from err
+
+    def _cheap_checks(self) -> list[Any]:
+        """One cheap constraint per constraint, as Nevergrad wants them: a float >= 0 when
+        satisfied (to `constraint_tol`)."""
+        cons = HostConstraints(self.problem, self.space)
+        space, tol = self.space, self.tol
+
+        def check(i):
+            def satisfied(value) -> float:
+                return float(tol - cons(space.flat(value)[None])[0, i])
+
+            satisfied.__name__ = f"constraint_{i}"
+            return satisfied
+
+        return [check(i) for i in range(self.problem.lcons.size)]
+
+    # -- the loop
+
+    def run(self) -> OptimizationSolution:
+        self.start = time.perf_counter()
+        self.best = _Best()
+        self.fevals = self.batches = self.nonfinite = 0
+        self.bar = None
+        if self.options.progress is not None:
+            self.bar = self.options.progress.open(self.options.maxiters)
+            self.every = self.options.progress.interval(self.options.maxiters)
+            self.shown = 0
+        optimizer = self._optimizer()
+        self.recast = self._recast_driver(optimizer)
+        retcode, message = None, ""
+        try:
+            if self.executor is not None and not self.settings["batch_mode"]:
+                retcode, message = self._steady(optimizer)
+            else:
+                retcode, message = self._batched(optimizer)
+        except KeyboardInterrupt:
+            warnings.warn(
+                "solve() interrupted: returning the best candidate so far (Terminated).",
+                stacklevel=4,
+            )
+            retcode, message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            try:
+                recommendation = optimizer.provide_recommendation()
+            except Exception:  # a recommendation is a courtesy; the run's result stands
+                recommendation = None
+            _stop_threads(optimizer)
+        return self._solution(optimizer, recommendation, retcode, message)
+
+    def _recast_driver(self, optimizer: Any) -> bool:
+        """Whether the optimizer doing the work runs a library's own loop in a thread
+        (scipy's Powell, COBYLA, ...), which may converge before the budget is spent."""
+        from nevergrad.optimization import optimizerlib, recaster
+
+        inner = optimizer.optim if isinstance(optimizer, optimizerlib.NGOptBase) else optimizer
+        self.selected = getattr(inner, "name", type(inner).__name__)
+        return isinstance(inner, recaster.SequentialRecastOptimizer)
+
+    def _ask(self, optimizer: Any) -> Any | None:
+        """One candidate, or None when a recast optimizer's own loop has converged."""
+        if not self.recast:
+            return self._guarded(optimizer.ask)
+        from nevergrad.common import errors
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", errors.FinishedUnderlyingOptimizerWarning)
+            candidate = self._guarded(optimizer.ask)
+        done = errors.FinishedUnderlyingOptimizerWarning
+        finished = [w for w in caught if issubclass(w.category, done)]
+        for w in caught:
+            if w not in finished:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return None if finished else candidate
+
+    def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except ImportError as err:
+            raise _missing(self.label, err) from err
+        except RuntimeError as err:
+            if isinstance(err.__cause__, ImportError):
+                raise _missing(self.label, err.__cause__) from err
+            raise
+
+    def _points(self, candidates: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the points to evaluate, inside the box; how far outside it Nevergrad's points
+        lie, with the "penalty" bounding, else None)."""
+        raw = np.stack([self.space.flat(c.value, clip=False) for c in candidates])
+        if not self.problem.has_bounds:
+            return raw, None
+        box = self.space.box_violation(raw) if self.bounding == "penalty" else None
+        return np.clip(raw, self.space.lb, self.space.ub), box
+
+    def _tell_all(self, optimizer: Any, candidates: list[Any], batch: Batch, box: Any) -> None:
+        told = np.where(np.isfinite(batch.losses), batch.losses, BAD_LOSS)
+        if not self.penalised:
+            for candidate, loss in zip(candidates, told):
+                self._guarded(optimizer.tell, candidate, float(loss))
+            return
+        parts = []
+        if batch.violations is not None and not self.cheap:
+            parts.append(np.maximum(batch.violations - self.tol, 0.0))
+        if box is not None:
+            parts.append(box[:, None])
+        v = np.minimum(np.concatenate(parts, axis=1), BAD_LOSS)
+        for candidate, loss, row in zip(candidates, told, v):
+            self._guarded(
+                optimizer.tell, candidate, float(loss), list(row), penalty_style=self.style
+            )
+
+    def _batched(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
+        budget, maxtime = self.options.maxiters, self.options.maxtime
+        while self.fevals < budget:
+            candidates = []
+            for _ in range(min(self.k, budget - self.fevals)):
+                candidate = self._ask(optimizer)
+                if candidate is None:
+                    break
+                candidates.append(candidate)
+            if not candidates:
+                return ReturnCode.Success, (
+                    f"{self.selected}'s own stopping rule ended it after {self.fevals} "
+                    "evaluations"
+                )
+            X, box = self._points(candidates)
+            batch = self._evaluate(X)
+            self._tell_all(optimizer, candidates, batch, box)
+            stop = self._after_batch(optimizer, candidates, X, batch)
+            if stop is not None:
+                return stop
+            if maxtime is not None and time.perf_counter() - self.start >= maxtime:
+                return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
+        return None, ""
+
+    def _evaluate(self, X: np.ndarray) -> Batch:
+        if self.executor is None:
+            return self.evaluate(X)
+        futures = [self._submit(x) for x in X]
+        return self._collect(X, [self._result(f) for f in futures])
+
+    def _submit(self, x: np.ndarray) -> Any:
+        return self.executor.submit(self.problem.f.fun, self.space.tree(x), self.problem.p)
+
+    def _result(self, future: Any) -> tuple[float, Any]:
+        try:
+            out = future.result()
+        except OptiframeError:
+            raise
+        except Exception as err:
+            raise ObjectiveError(
+                f"Evaluating the objective fun(u, p) through the executor failed: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        return scalar_result(out, self.problem.f.has_aux)
+
+    def _collect(self, X: np.ndarray, values: list[tuple[float, Any]]) -> Batch:
+        objectives = np.array([v for v, _ in values], float)
+        aux = [a for _, a in values] if self.problem.f.has_aux else None
+        viol = self.constraints(X) if self.problem.has_constraints else None
+        return Batch(self.problem.sense.sign * objectives, objectives, viol, aux)
+
+    def _steady(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
+        """Nevergrad's steady state with an executor: keep `num_workers` evaluations
+        running, tell each result as it arrives (the order depends on timing)."""
+        budget, maxtime = self.options.maxiters, self.options.maxtime
+        running: dict[Any, Any] = {}
+        asked = 0
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(running) < self.k and asked < budget:
+                    candidate = self._ask(optimizer)
+                    if candidate is None:
+                        exhausted = True
+                        break
+                    running[self._submit(self._points([candidate])[0][0])] = candidate
+                    asked += 1
+                if not running:
+                    break
+                timeout = None
+                if maxtime is not None:
+                    timeout = max(0.0, maxtime - (time.perf_counter() - self.start))
+                done, _ = _wait(list(running), timeout)
+                if not done:
+                    return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
+                done = [f for f in running if f in done]  # in asked order
+                candidates = [running.pop(f) for f in done]
+                X, box = self._points(candidates)
+                batch = self._collect(X, [self._result(f) for f in done])
+                self._tell_all(optimizer, candidates, batch, box)
+                stop = self._after_batch(optimizer, candidates, X, batch)
+                if stop is not None:
+                    return stop
+                if maxtime is not None and time.perf_counter() - self.start >= maxtime:
+                    return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
+        finally:
+            for future in running:
+                future.cancel()
+        if exhausted:
+            return ReturnCode.Success, (
+                f"{self.selected}'s own stopping rule ended it after {self.fevals} evaluations"
+            )
+        return None, ""
+
+    def _after_batch(
+        self, optimizer: Any, candidates: list[Any], X: np.ndarray, batch: Batch
+    ) -> tuple[ReturnCode, str] | None:
+        b = len(candidates)
+        self.fevals += b
+        self.batches += 1
+        finite = np.isfinite(batch.losses)
+        self.nonfinite += int(np.sum(~finite))
+        worst = (
+            np.zeros(b) if batch.violations is None else np.max(batch.violations, axis=1)
+        )
+        for i in range(b):
+            self.best.offer(X[i], batch.losses[i], batch.objectives[i], worst[i], self.tol)
+        if self.bar is not None and self.fevals - self.shown >= self.every:
+            advance(self.bar, self.fevals, self.best.objective)
+            self.shown = self.fevals
+        callback = self.options.callback
+        if callback is None:
+            return None
+        keys = [self.best.key(batch.losses[i], worst[i], self.tol) for i in range(b)]
+        keys = [k if np.isfinite(batch.losses[i]) else (2, 0.0) for i, k in enumerate(keys)]
+        i = min(range(b), key=keys.__getitem__)
+        us = [self.space.tree(x) for x in X]
+        state = OptimizationState(
+            iter=self.batches,
+            u=restore_like(us[i], self.problem.u0),
+            objective=float(batch.objectives[i]),
+            p=self.problem.p,
+            aux=aux_at(batch.aux, i),
+            original=NevergradStep(
+                optimizer,
+                candidates,
+                us,
+                batch.objectives,
+                None if batch.violations is None else worst,
+                float(self.best.objective),
+            ),
+        )
+        if callback(state, state.objective):
+            return ReturnCode.Terminated, f"callback returned True after batch {self.batches}"
+        return None
+
+    # -- the result
+
+    def _solution(
+        self, optimizer: Any, recommendation: Any, retcode: ReturnCode | None, message: str
+    ) -> OptimizationSolution:
+        problem, best, space = self.problem, self.best, self.space
+        recommended_u = None
+        if recommendation is not None:
+            recommended_u = restore_like(space.tree(space.flat(recommendation.value)), problem.u0)
+        x, objective = best.x, best.objective
+        if self.settings["noisy"] and recommendation is not None:
+            x = space.flat(recommendation.value)
+            objective = float(self._evaluate(x[None]).objectives[0])
+            self.fevals += 1
+        notes = []
+        if self.nonfinite:
+            notes.append(f"{self.nonfinite} evaluations were NaN or inf")
+        if x is None:
+            x = space.x0
+            retcode, message = ReturnCode.Failure, (
+                "no evaluation returned a finite objective; returning u0"
+                if self.fevals else "no candidate was evaluated; returning u0"
+            )
+            objective = np.nan
+        elif problem.has_constraints and best.violation > self.tol and not self.settings["noisy"]:
+            if retcode is None or retcode is ReturnCode.Success:
+                retcode = ReturnCode.Infeasible
+            notes.insert(0, (
+                f"no candidate met the constraints to constraint_tol={self.tol}; returning "
+                f"the least violating one (largest violation {best.violation:.3g})"
+            ))
+        if retcode is None:
+            retcode, message = ReturnCode.MaxIters, (
+                f"maxiters={self.options.maxiters} evaluations done"
+            )
+        message = "; ".join([m for m in [message, *notes] if m])
+        return OptimizationSolution(
+            u=restore_like(space.tree(x), problem.u0),
+            objective=float(objective),
+            retcode=retcode,
+            stats=Stats(iterations=self.batches, fevals=self.fevals),
+            original=NevergradResult(
+                recommendation, recommended_u, optimizer, self.selected, self.nonfinite
+            ),
+            message=message,
+        )
+
+
+def _wait(futures: list[Any], timeout: float | None) -> tuple[set[Any], set[Any]]:
+    """`concurrent.futures.wait(FIRST_COMPLETED)`, also for futures of other kinds (anything
+    with done()), polled."""
+    if all(isinstance(f, concurrent.futures.Future) for f in futures):
+        return concurrent.futures.wait(
+            futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+    deadline = None if timeout is None else time.perf_counter() + timeout
+    pause = 1e-4
+    while True:
+        done = {f for f in futures if f.done()}
+        if done or (deadline is not None and time.perf_counter() >= deadline):
+            return done, set(futures) - done
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
+
+
+def _missing(label: str, err: BaseException) -> UnsupportedFeatureError:
+    package = getattr(err, "name", None) or str(err)
+    return UnsupportedFeatureError(
+        f"Nevergrad's {label} needs a package that is not installed ({package}): install it, "
+        "or choose another optimizer (e.g. 'NGOpt', 'CMA', 'TwoPointsDE')."
+    )
+
+
+# --------------------------------------------------------------------------- names
+
+
+register_prefix("nevergrad", lambda name: Nevergrad(name))
+for _name in ("NGOpt", "CMA", "TwoPointsDE", "PSO", "DE", "OnePlusOne"):
+    register(f"nevergrad:{_name}", lambda _name=_name: Nevergrad(_name))

@@ -1,0 +1,230 @@
+"""Evaluating Nevergrad's candidates: a batch at a time on JAX, one call at a time on the
+host, or in parallel through a `concurrent.futures.Executor`.
+
+Every evaluator takes flat float64 candidates (rows of `X`) and returns a `Batch`: the
+signed losses Nevergrad is told (`sign * fun`), the values of `fun` itself, and, for a
+constrained problem, how far each constraint is violated.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..derivatives import derivatives
+from ..errors import ObjectiveError, OptiframeError
+from ..flat import device_shapes, ravel
+from ..problem import OptimizationProblem
+from .nevergrad_space import SearchSpace
+
+_CACHE_SIZE = 8  # compiled batch programs kept per objective
+
+
+class Batch(NamedTuple):
+    """The evaluations of one batch of candidates.
+
+    Attributes:
+        losses: (b,) float64, `sign * fun`: what Nevergrad minimises.
+        objectives: (b,) float64, `fun` itself.
+        violations: (b, m) float64 >= 0, by how much each constraint is violated (0 where
+            it holds; inf where it is NaN), or None without constraints.
+        aux: the auxiliary outputs (`has_aux=True`), batched on the device or a list, or None.
+    """
+
+    losses: np.ndarray
+    objectives: np.ndarray
+    violations: np.ndarray | None
+    aux: Any
+
+
+def violations(values: np.ndarray, lcons: np.ndarray, ucons: np.ndarray) -> np.ndarray:
+    """(b, m) amounts by which constraint values (b, m) leave `[lcons, ucons]`."""
+    with np.errstate(invalid="ignore"):
+        v = np.maximum(np.maximum(lcons - values, values - ucons), 0.0)
+    return np.where(np.isnan(v), np.inf, v)
+
+
+def aux_at(aux: Any, i: int) -> Any:
+    """The auxiliary output of candidate `i` of a batch."""
+    if aux is None:
+        return None
+    if isinstance(aux, list):
+        return aux[i]
+    return jax.tree.map(lambda a: a[i], aux)
+
+
+# --------------------------------------------------------------------------- JAX
+
+
+class JaxProgram:
+    """`fun` (and `cons`) over a batch of `size` flat candidates: one `jax.vmap`-ed, jitted
+    call. Built once per (objective, sense, shapes of u0, size) and cached on the objective,
+    so later solves never trace again."""
+
+    def __init__(self, problem: OptimizationProblem, size: int, with_cons: bool) -> None:
+        derivs = derivatives(problem.f, problem.sense)
+        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), device_shapes(problem.u0))
+        flat0, unravel = ravel(zeros)
+        self.dtype = np.dtype(flat0.dtype)
+        self.size = size
+        cons = derivs.cons if with_cons else None
+
+        def one(x, p):
+            u = unravel(x)
+            loss, aux = derivs.value_aux(u, p)
+            c = jnp.atleast_1d(cons(u, p)).astype(loss.dtype) if cons is not None else None
+            return loss, aux, c
+
+        self.evaluate = jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+    def __call__(self, X: np.ndarray, p: Any) -> tuple[Any, Any, Any]:
+        b = X.shape[0]
+        if b < self.size:  # the last, partial batch: pad it, so no other size compiles
+            X = np.concatenate([X, np.repeat(X[-1:], self.size - b, axis=0)])
+        return self.evaluate(np.asarray(X, self.dtype), p)
+
+
+def jax_program(problem: OptimizationProblem, size: int) -> JaxProgram:
+    cache = problem.f._cache.setdefault("nevergrad", collections.OrderedDict())
+    shapes = device_shapes(problem.u0)
+    signature = (
+        jax.tree.structure(shapes),
+        tuple((s.shape, s.dtype) for s in jax.tree.leaves(shapes)),
+    )
+    key = (problem.sense, signature, size, problem.has_constraints)
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = JaxProgram(problem, size, problem.has_constraints)
+        if len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return cache[key]
+
+
+class JaxEvaluator:
+    """A batch of candidates in one vmapped, jitted call of `fun` (and `cons`)."""
+
+    def __init__(self, problem: OptimizationProblem, space: SearchSpace, size: int) -> None:
+        self.problem, self.sign = problem, problem.sense.sign
+        self.program = jax_program(problem, size)
+        self._checked = not problem.has_constraints
+
+    def __call__(self, X: np.ndarray) -> Batch:
+        b = X.shape[0]
+        loss, aux, cons = self.program(X, self.problem.p)
+        loss, cons = jax.device_get((loss, cons))
+        losses = np.asarray(loss, float)[:b]
+        viol = None
+        if cons is not None:
+            cons = np.asarray(cons, float)[:b]
+            if not self._checked:
+                _check_cons_shape(cons.shape[1], self.problem)
+                self._checked = True
+            viol = violations(cons, self.problem.lcons, self.problem.ucons)
+        if aux is not None and b < self.program.size:
+            aux = jax.tree.map(lambda a: a[:b], aux)
+        return Batch(losses, self.sign * losses, viol, aux)
+
+
+def _check_cons_shape(m: int, problem: OptimizationProblem) -> None:
+    if m != problem.lcons.size:
+        raise ObjectiveError(
+            f"`OptimizationFunction(cons=...)` returns {m} values but the problem bounds "
+            f"{problem.lcons.size} (lcons/ucons); make them agree."
+        )
+
+
+# --------------------------------------------------------------------------- host
+
+
+def host_value(fun: Callable[..., Any], has_aux: bool, u: Any, p: Any) -> tuple[float, Any]:
+    """`fun(u, p)` as (float, aux), checked to be a scalar."""
+    try:
+        out = fun(u, p)
+    except OptiframeError:
+        raise
+    except Exception as err:
+        raise ObjectiveError(
+            f"Evaluating the objective fun(u, p) at a candidate failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return scalar_result(out, has_aux)
+
+
+def scalar_result(out: Any, has_aux: bool) -> tuple[float, Any]:
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ObjectiveError(
+                "OptimizationFunction(has_aux=True) expects fun(u, p) to return (loss, aux), "
+                f"got {type(out).__name__}."
+            )
+        loss, aux = out
+    else:
+        loss, aux = out, None
+    if np.ndim(loss) != 0:
+        raise ObjectiveError(
+            f"The objective must return a scalar, got shape {np.shape(loss)}; reduce it "
+            "(e.g. np.sum or np.mean)."
+        )
+    try:
+        return float(np.asarray(loss)), aux
+    except (TypeError, ValueError) as err:
+        raise ObjectiveError(
+            f"The objective must return a real number, got {type(loss).__name__}."
+        ) from err
+
+
+class HostConstraints:
+    """`cons` on the host (NumPy in, float64 out), or on JAX in one batched call when the
+    function is JAX (`ad="jax"`)."""
+
+    def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
+        self.problem, self.space = problem, space
+        self.jax = None
+        if problem.f.ad == "jax":
+            cons = problem.f.cons
+            zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), device_shapes(problem.u0))
+            flat0, unravel = ravel(zeros)
+            self.dtype = np.dtype(flat0.dtype)
+            one = lambda x, p: jnp.atleast_1d(cons(unravel(x), p))  # noqa: E731
+            self.jax = jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        p = self.problem.p
+        if self.jax is not None:
+            values = np.asarray(jax.device_get(self.jax(np.asarray(X, self.dtype), p)), float)
+        else:
+            rows = []
+            for x in X:
+                try:
+                    c = self.problem.f.cons(self.space.tree(x), p)
+                except Exception as err:
+                    raise ObjectiveError(
+                        f"Evaluating the constraints cons(u, p) at a candidate failed: "
+                        f"{type(err).__name__}: {err}"
+                    ) from err
+                rows.append(np.atleast_1d(np.asarray(c, float)))
+            values = np.stack(rows)
+        _check_cons_shape(values.shape[1], self.problem)
+        return violations(values, self.problem.lcons, self.problem.ucons)
+
+
+class HostEvaluator:
+    """One call of `fun` per candidate, on NumPy float64 `u` in `u0`'s structure."""
+
+    def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
+        self.problem, self.space, self.sign = problem, space, problem.sense.sign
+        self.cons = HostConstraints(problem, space) if problem.has_constraints else None
+
+    def __call__(self, X: np.ndarray) -> Batch:
+        f, p = self.problem.f, self.problem.p
+        values = [host_value(f.fun, f.has_aux, self.space.tree(x), p) for x in X]
+        objectives = np.array([v for v, _ in values], float)
+        aux = [a for _, a in values] if f.has_aux else None
+        viol = self.cons(X) if self.cons is not None else None
+        return Batch(self.sign * objectives, objectives, viol, aux)
