@@ -70,6 +70,7 @@ _OPTIONS: dict[str, Any] = {
     "penalty_style": PENALTY_STYLE,
     "batch_mode": True,
     "noisy": False,
+    "chunk": None,
 }
 _CONSTRAINT_MODES = ("penalty", "cheap")
 
@@ -199,6 +200,11 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
             f"`{where}(penalty_style={style!r})` must be 6 numbers (a, b, c, d, e, f) as "
             "Nevergrad's tell(penalty_style=...) takes them."
         )
+    chunk = options.get("chunk")
+    if chunk is not None and (
+        isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1
+    ):
+        raise InvalidProblemError(f"`{where}(chunk={chunk!r})` must be None or an integer >= 1.")
     for flag in ("batch_mode", "noisy"):
         if flag in options and not isinstance(options[flag], bool):
             raise InvalidProblemError(f"`{where}({flag}={options[flag]!r})` must be True or False.")
@@ -233,9 +239,12 @@ class Nevergrad(Algorithm):
             "bouncing", "clipping", "arctan", "tanh", "constraint"), `constraints`
             ("penalty", the default, or "cheap"), `constraint_tol` (1e-6), `batch_mode`
             (True: with an executor, tell whole batches in asked order, reproducibly;
-            False: Nevergrad's steady state, tell each result as it arrives) and `noisy`
+            False: Nevergrad's steady state, tell each result as it arrives), `noisy`
             (False; True: the objective is stochastic, `sol.u` is Nevergrad's
-            recommendation). The same options may be given to `solve`.
+            recommendation), `penalty_style` (see `PENALTY_STYLE`) and `chunk` (None: a
+            batch is one `jax.vmap`; an integer: vmap that many candidates at a time, the
+            chunks looped inside the same jitted call, which bounds memory when one
+            evaluation is large). The same options may be given to `solve`.
 
     Raises:
         InvalidProblemError: a bad `seed`, `num_workers`, `executor` or option.
@@ -508,7 +517,7 @@ class _Run:
             if self.host:
                 self.evaluate = HostEvaluator(problem, self.space)
             else:
-                self.evaluate = JaxEvaluator(problem, self.space, self.k)
+                self.evaluate = JaxEvaluator(problem, self.space, self.k, settings["chunk"])
         elif problem.has_constraints:
             self.constraints = HostConstraints(problem, self.space)
 
