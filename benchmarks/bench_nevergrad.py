@@ -46,6 +46,8 @@ import optiframe as opf
 from optiframe.backends import nevergrad as ngb
 
 warnings.filterwarnings("ignore", module=r"(nevergrad|cma)\..*")
+# NGOpt's metamodel runs scipy's Powell on a fitted quadratic, which overflows noisily.
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"scipy\..*")
 
 
 def median_time(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:

@@ -44,3 +44,11 @@ def test_neural_ode_benchmark_smoke_run(capsys):
     assert 0 <= reached <= 2
     assert set(lbfgs) == {"optax.lbfgs", "SciPy L-BFGS-B"}
     assert "seeds reach" in capsys.readouterr().out
+
+
+def test_nevergrad_benchmark_smoke_run(capsys):
+    rows = load("bench_nevergrad").main(["--quick"])
+    assert [name for name, _, _ in rows] == ["overhead CMA", "batching MLP k=8"]
+    assert all(ratio > 0 for _, ratio, _ in rows)
+    out = capsys.readouterr().out
+    assert "ask/tell limit" in out and "targets met" in out
