@@ -46,6 +46,16 @@ def test_neural_ode_benchmark_smoke_run(capsys):
     assert "seeds reach" in capsys.readouterr().out
 
 
+def test_gradient_flow_benchmark_smoke_run(capsys):
+    rows = load("bench_ode").main(["--quick"])
+    by_method = {row.method: row for row in rows}
+    assert {"Euler (dt=0.01)", "RKC (rtol=1e-3)", "L-BFGS-B (SciPy)"} <= set(by_method)
+    for method in ("Euler (dt=0.01)", "Tsit5 (rtol=1e-6)", "RKC (rtol=1e-3)", "L-BFGS-B (SciPy)"):
+        row = by_method[method]
+        assert row.reached and row.best <= 1e-6 * 1.01 and row.gevals >= row.iterations
+    assert "f - f* <= 1e-06" in capsys.readouterr().out
+
+
 def test_nevergrad_benchmark_smoke_run(capsys):
     rows = load("bench_nevergrad").main(["--quick"])
     assert [name for name, _, _ in rows] == ["overhead CMA", "batching MLP k=8"]
