@@ -60,3 +60,12 @@ def test_advanced_optimizers(tmp_path):
     assert all(np.isfinite(final) and len(history) > 0 for history, final in results.values())
     adam, tuned = out["chained"]
     assert tuned < adam
+
+
+def test_gradient_free(tmp_path):
+    out = load("gradient_free").main(["--quick", "--output", str(tmp_path / "gf.png")])
+    assert (tmp_path / "gf.png").stat().st_size > 10_000
+    np.testing.assert_array_equal(np.asarray(out["integers"].u), [2.0, -2.0, 4.0])
+    np.testing.assert_allclose(np.asarray(out["host"].u), [1.0, -2.0], atol=1e-2)
+    assert out["batched"].stats.fevals == 300
+    assert all(curve[-1] <= curve[0] for curve in out["curves"].values())
