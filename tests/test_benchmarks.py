@@ -1,18 +1,13 @@
 """The benchmark scripts run (at a smoke size) and their results agree with their baselines."""
 
-import importlib.util
-import pathlib
 import sys
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+from scripts import BENCHMARKS
+from scripts import load as load_script
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARKS / f"{name}.py")
 
 
 def test_optax_benchmark_smoke_run(capsys):

@@ -1,21 +1,14 @@
 """Every example runs, at a small size."""
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+from scripts import EXAMPLES
+from scripts import load as load_script
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py")
 
 
 def test_quickstart_runs_and_fits(capsys):
