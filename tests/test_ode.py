@@ -307,10 +307,12 @@ def test_a_second_solve_does_not_retrace():
 
 
 def test_registered_names():
-    for name in ("ODEGradientDescent", "rkaccelerated", "ode:RKChebyshevDescent"):
-        sol = opf.solve(QUAD, name, maxiters=3)
-        assert isinstance(sol.alg, opf.backends.ode.GradientFlowAlgorithm)
+    for name in ("RKChebyshevDescent", "rkchebyshevdescent", "ode:RKChebyshevDescent"):
+        sol = opf.solve(QUAD, name, maxiters=3, abstol=1e-6)
+        assert sol.alg == opf.RKChebyshevDescent()
         assert sol.stats.iterations == 3
+    for name in ("ODEGradientDescent", "RKAccelerated", "HighOrderDescent"):
+        assert isinstance(opf.backends.base.resolve(name), getattr(opf, name))
 
 
 def test_generic_gradient_flow_with_fixed_steps():

@@ -188,7 +188,7 @@ class HighOrderDescent(_Adaptive):
     """Dopri8, an adaptive explicit Runge–Kutta 8(7) pair, on the gradient flow.
 
     Optimization.jl's `HighOrderDescent` uses Vern7, which diffrax does not have; Dopri8 is
-    diffrax's high-order explicit method (12 gradients per step, not FSAL).
+    diffrax's high-order explicit method (14 stages, FSAL: 13 gradients per step).
 
     Args:
         rtol, atol: the integrator's local error tolerances (`diffrax.PIDController`),

@@ -364,7 +364,7 @@ class FlowRun:
     def _chunk(self, program: FlowProgram, budget: int) -> ChunkInfo:
         """Integrate from the current state until `budget` accepted steps in total."""
         before = program.host_count.value
-        budget = jnp.asarray(budget, jnp.int32)
+        budget = jnp.asarray(min(budget, np.iinfo(np.int32).max), jnp.int32)
         if self.state is None:
             state, sol, info = program.start(self.y0, self.problem.p, budget, self.tol)
         else:
