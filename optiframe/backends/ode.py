@@ -166,11 +166,12 @@ class RKAccelerated(_Adaptive):
     (Optimization.jl's `RKAccelerated`). About six gradients per step.
 
     Args:
-        rtol, atol: the integrator's local error tolerances (`diffrax.PIDController`);
-            they set how closely the flow is followed, not when the solve stops (that is
+        rtol: the integrator's relative local error tolerance (`diffrax.PIDController`);
+            with `atol` it sets how closely the flow is followed, not when the solve stops (that is
             `solve(abstol=..., reltol=...)`). Tighter than an ODE solver's usual 1e-3/1e-6:
             with those, the stiff components of the flow ring at the tolerance near the
             minimum and the gradient never gets small (docs/ode.md, "Tolerances").
+        atol: the integrator's absolute local error tolerance.
         dt0: the first step; None lets diffrax choose it (two gradient evaluations).
 
     Example:
@@ -191,8 +192,9 @@ class HighOrderDescent(_Adaptive):
     diffrax's high-order explicit method (14 stages, FSAL: 13 gradients per step).
 
     Args:
-        rtol, atol: the integrator's local error tolerances (`diffrax.PIDController`),
+        rtol: the integrator's relative local error tolerance (`diffrax.PIDController`),
             tight for the reason given at `RKAccelerated`.
+        atol: the integrator's absolute local error tolerance.
         dt0: the first step; None lets diffrax choose it.
 
     Example:
@@ -217,9 +219,10 @@ class RKChebyshevDescent(_Adaptive):
     Euler's `2/ρ` at a cost that grows only like the square root of the step.
 
     Args:
-        rtol, atol: the integrator's local error tolerances (`diffrax.PIDController`).
+        rtol: the integrator's relative local error tolerance (`diffrax.PIDController`).
             Looser than `RKAccelerated`'s: a stabilised method does not ring, since it
             adds stages rather than overstep its stability interval.
+        atol: the integrator's absolute local error tolerance.
         dt0: the first step; None lets diffrax choose it.
         max_stages: the most stages per step (stability up to `h ρ ≈ 0.65 max_stages²`).
         spectral_radius: a known bound of `λ_max(∇²f)`, to skip the estimation.
