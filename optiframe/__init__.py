@@ -3,6 +3,7 @@ Nevergrad and more by changing one argument."""
 
 from .backends.base import Algorithm, Capabilities, SolveOptions
 from .backends.composite import MultiStart, PolyOpt
+from .backends.evosax import EvoSax, EvoSaxResult, EvoSaxState, EvoSaxStep
 from .backends.nevergrad import Nevergrad, NevergradResult, NevergradStep
 from .backends.ode import (
     GradientFlow,
@@ -59,6 +60,10 @@ __all__ = [
     "Direct",
     "Dogleg",
     "DualAnnealing",
+    "EvoSax",
+    "EvoSaxResult",
+    "EvoSaxState",
+    "EvoSaxStep",
     "GradientFlow",
     "GradientFlowState",
     "HighOrderDescent",
