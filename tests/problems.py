@@ -181,3 +181,14 @@ def shifted_sphere(u, p):
 
 
 HS71_U_STAR = np.array([1.0, 4.7429994, 3.8211503, 1.3794082])
+
+
+# Search problems for population methods on the device (test_evosax.py). One objective for
+# both: amplitude 0 is the shifted sphere, amplitude 1 with shift 0 is Rastrigin (10-D).
+SHIFT_10 = np.array([1.0, -2.0, 0.5, 3.0, -1.5, 2.5, -0.5, 1.5, -3.0, 0.25])
+
+
+def shifted_rastrigin(u, p):
+    shift, amplitude = p
+    z = u - shift
+    return jnp.sum(z**2 + amplitude * (10.0 - 10.0 * jnp.cos(2.0 * jnp.pi * z)))

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..derivatives import derivatives
-from ..errors import InvalidProblemError, OptiframeError, UnsupportedFeatureError
+from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..flat import ravel, restore_like, to_device
 from ..problem import OptimizationProblem
 from ..progress import advance
@@ -51,12 +51,11 @@ from .evosax_loop import (
 )
 
 _CACHE_SIZE = 8  # compiled programs kept per objective
-BOUNDINGS = ("clip", "reflect")
 # The backend's own options and their defaults; every other option configures the evosax
 # algorithm (a constructor argument, or a field of its `default_params`).
-_OPTIONS: dict[str, Any] = {"bounding": "clip", "patience": 10, "init_std": None}
+_OPTIONS: dict[str, Any] = {"patience": 10, "init_std": None}
 # Constructor arguments optiframe sets itself.
-_RESERVED = ("self", "population_size", "solution", "num_populations")
+_RESERVED = ("self", "population_size", "solution")
 
 
 class EvoSaxResult(NamedTuple):
@@ -127,11 +126,6 @@ def _import_evosax() -> Any:
 
 def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Validate the backend's own options; others are checked against evosax at solve."""
-    bounding = options.get("bounding", "clip")
-    if bounding not in BOUNDINGS:
-        raise InvalidProblemError(
-            f"`{where}(bounding={bounding!r})` must be 'clip' or 'reflect'."
-        )
     patience = options.get("patience", 1)
     if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
         raise InvalidProblemError(f"`{where}(patience={patience!r})` must be an integer >= 1.")
@@ -208,9 +202,9 @@ class EvoSax(Algorithm):
     bound is finite, else `u0 + init_std * N(0, I)`. A distribution-based one (CMA-ES, NES,
     OpenES, ...) starts its mean at `u0`. `sol.u` is the best candidate evaluated.
 
-    Bounds: each asked candidate is moved into the box before it is evaluated (`bounding`:
-    "clip" to the nearest bound, or "reflect" at the bounds), and evosax is told the moved
-    candidate. Non-finite fitness values are told as worse than every finite value seen.
+    Bounds: each asked candidate is clipped into the box before it is evaluated, and
+    evosax is told the clipped candidate, so the search learns from the points it evaluated.
+    Non-finite fitness values are told as worse than every finite value seen.
 
     Convergence: with `abstol` (`reltol`), the run stops with `Success` when the best
     objective has improved by at most `abstol` (`reltol * |best|`) over the last
@@ -222,10 +216,11 @@ class EvoSax(Algorithm):
             unique case-insensitive match or the class name is accepted), or an evosax
             algorithm class.
         population_size: candidates per generation (default: 4 + floor(3 ln n), made even
-            and at least 8, for n variables).
+            and at least 8, for n variables); for the Stein variational algorithms
+            (`SV_CMA_ES`, `SV_Open_ES`) the size of each of `num_populations` populations.
         seed: the run's `jax.random.key`; the same seed gives the same result.
-        **options: the backend's own: `bounding` ("clip", the default, or "reflect"),
-            `patience` (10 generations) and `init_std` (None: see above); any other
+        **options: the backend's own: `patience` (10 generations) and `init_std` (None:
+            see above); any other
             option configures the evosax algorithm: a constructor argument (`num_diff=2`
             for DE, `optimizer=optax.adam(0.05)` for Open_ES, ...) or a field of its
             `default_params` (`std_init=2.0`, `crossover_rate=0.5`, ...). Unknown names are
@@ -341,7 +336,8 @@ def _program(
             raise InvalidProblemError(
                 f"`EvoSax({cls.__name__!r}, population_size={size}"
                 + "".join(f", {k}=..." for k in sorted(ctor))
-                + f")`: evosax refused the configuration: {detail}"
+                + f")`: evosax refused the configuration: {detail}. Constructor arguments are "
+                "options: EvoSax(name, argument=value)."
             ) from err
     dtypes = jax.tree.map(lambda x: x.dtype, u)
     program = GenerationProgram(algorithm, derivatives(problem.f, problem.sense), dtypes, spec)
@@ -373,7 +369,9 @@ def _params(algorithm: Any, overrides: dict[str, Any], cls_name: str, known: lis
             raise InvalidProblemError(
                 f"`EvoSax({cls_name!r}, {name}={value!r})`: {err}"
             ) from err
-    return params.replace(**values)
+    # Strongly typed arrays throughout, so that overriding a field (a Python float in the
+    # defaults, weakly typed) does not change the compiled program's signature.
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype), params.replace(**values))
 
 
 # --------------------------------------------------------------------------- one run
@@ -413,21 +411,23 @@ class _Run:
                                    problem.ub, self.u)
             box = all(bool(jnp.all(jnp.isfinite(b))) for b in jax.tree.leaves((self.lb, self.ub)))
         population_based = _population_based(cls)
+        stall = options.abstol is not None or options.reltol is not None
         spec = LoopSpec(
             population_based=population_based,
             bounded=problem.has_bounds,
-            bounding=ours["bounding"],
             init_box=population_based and box and ours["init_std"] is None,
-            abstol=options.abstol is not None,
-            reltol=options.reltol is not None,
-            patience=int(ours["patience"]) if options.abstol is not None
-            or options.reltol is not None else 1,
+            stall=stall,
+            patience=int(ours["patience"]) if stall else 1,
             progress=options.callback is None and options.progress is not None,
         )
         self.program = _program(cls, size, ctor, problem, self.u, spec)
-        self.params = _params(self.program.algorithm, settings, self.label, accepted + list(_OPTIONS))
+        known = accepted + list(_OPTIONS)
+        self.params = _params(self.program.algorithm, settings, self.label, known)
         self.init_std = jnp.asarray(ours["init_std"] or 1.0, search_dtype())
-        self.tol = jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], search_dtype())
+        self.tol = jnp.asarray(
+            [-np.inf if t is None else t for t in (options.abstol, options.reltol)],
+            search_dtype(),
+        )
         self.first = None  # a population-based algorithm's first generation, for the callback
 
     def _initial_carry(self) -> Carry:

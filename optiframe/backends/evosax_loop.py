@@ -1,6 +1,6 @@
 """The compiled side of the evosax backend: one generation, and the fused loop around it.
 
-One generation asks the evosax algorithm for a population, moves it into the box (if any),
+One generation asks the evosax algorithm for a population, clips it into the box (if any),
 evaluates it with one `jax.vmap` of the objective, tells the algorithm the fitness (a
 non-finite value told as worse than every finite value seen), and records the best
 candidate and the stall test. `GenerationProgram` holds the jitted functions for one
@@ -60,34 +60,20 @@ class LoopSpec:
     Attributes:
         population_based: the algorithm's `init` takes an evaluated population (PSO, DE,
             GAs) rather than a mean (CMA-ES, NES, ...).
-        bounded: move asked candidates into `[lb, ub]`.
-        bounding: "clip" or "reflect".
+        bounded: clip asked candidates into `[lb, ub]`.
         init_box: draw a population-based algorithm's first population uniformly in the
             box (else around `u0` with standard deviation `init_std`).
-        abstol, reltol: which stall tests run.
+        stall: the stall tests run (`abstol` and `reltol`; an unset one is -inf).
         patience: the generations the stall tests look back over.
         progress: call the progress hook from inside the fused loop.
     """
 
     population_based: bool
     bounded: bool
-    bounding: str
     init_box: bool
-    abstol: bool
-    reltol: bool
+    stall: bool
     patience: int
     progress: bool
-
-
-def reflect(x: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """`x` mirrored at the bounds until it lies in `[lo, hi]` (one-sided where a bound is
-    infinite)."""
-    width = hi - lo
-    folded = jnp.mod(x - lo, 2 * width)
-    boxed = lo + jnp.where(folded > width, 2 * width - folded, folded)
-    one_sided = jnp.where(x < lo, 2 * lo - x, jnp.where(x > hi, 2 * hi - x, x))
-    out = jnp.where(jnp.isfinite(width) & (width > 0), boxed, one_sided)
-    return jnp.clip(out, lo, hi)  # rounding, and a variable fixed by lb == ub
 
 
 class GenerationProgram:
@@ -125,8 +111,7 @@ class GenerationProgram:
     def _into_box(self, population: Any, lb: Any, ub: Any) -> Any:
         if not self.spec.bounded:
             return population
-        move = jnp.clip if self.spec.bounding == "clip" else reflect
-        return jax.tree.map(move, population, lb, ub)
+        return jax.tree.map(jnp.clip, population, lb, ub)
 
     def _evaluate(self, population: Any, p: Any) -> tuple[Any, Any, jax.Array]:
         """(the population as evaluated, aux, fitness (size,)): candidates in `u0`'s
@@ -161,13 +146,11 @@ class GenerationProgram:
         best = jnp.where(better, masked[i], losses[BEST])
         best_u = jnp.where(better, candidate, carry.best_u)
         status, history = jnp.asarray(RUNNING), carry.history
-        if spec.abstol or spec.reltol:
+        if spec.stall:
             slot = carry.counts[ITERATIONS] % spec.patience
             gain = history[slot] - best  # inf until `patience` generations are done
-            if spec.reltol:
-                status = jnp.where(gain <= tol[1] * jnp.abs(best), CONVERGED_RELTOL, status)
-            if spec.abstol:
-                status = jnp.where(gain <= tol[0], CONVERGED_ABSTOL, status)
+            status = jnp.where(gain <= tol[1] * jnp.abs(best), CONVERGED_RELTOL, status)
+            status = jnp.where(gain <= tol[0], CONVERGED_ABSTOL, status)
             history = history.at[slot].set(best)
         nonfinite = jnp.sum(~finite)
         counts = carry.counts + jnp.stack(
