@@ -3,13 +3,15 @@
 One run asks Nevergrad for a batch of candidates, evaluates the batch, tells Nevergrad every
 value, and repeats until the evaluation budget (`maxiters`) is spent:
 
-- an objective written in JAX (`ad="jax"`, the default) is evaluated a whole batch at a
-  time, in one `jax.vmap`-ed, jitted call (`nevergrad_eval.JaxEvaluator`);
+- an objective written in JAX (`ad="jax"`, the default) is evaluated a whole batch (or a
+  `chunk` of it) at a time, in one `jax.vmap`-ed, jitted call dispatched asynchronously
+  (`nevergrad_eval.JaxEvaluator`);
 - host code (`ad="finite"` or `ad=None`) is called once per candidate on NumPy
   (`nevergrad_eval.HostEvaluator`), or in parallel through an `executor`.
 
-`sol.u` is the best candidate evaluated (for a deterministic objective); Nevergrad's own
-recommendation stays in `sol.original`. See docs/nevergrad.md.
+Evaluations start as soon as their candidates are asked. After the budget, Nevergrad's
+recommendation is evaluated too; `sol.u` is the best point evaluated (for a deterministic
+objective), and the recommendation stays in `sol.original`. See docs/nevergrad.md.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
+from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..flat import restore_like
 from ..problem import OptimizationProblem
 from ..progress import advance
@@ -32,11 +34,13 @@ from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stat
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
 from .nevergrad_eval import (
     Batch,
+    ExecutorEvaluator,
     HostConstraints,
     HostEvaluator,
     JaxEvaluator,
+    Pending,
     aux_at,
-    scalar_result,
+    join,
 )
 from .nevergrad_space import BOUNDINGS, SearchSpace
 
@@ -127,8 +131,10 @@ class NevergradResult(NamedTuple):
     Attributes:
         recommendation: Nevergrad's recommendation (`optimizer.provide_recommendation()`),
             an `ng.p.Parameter`; for a deterministic objective `sol.u` is instead the best
-            candidate evaluated, which can be better.
+            point evaluated, which can be better.
         recommended_u: the recommendation in `u0`'s structure (NumPy leaves).
+        recommended_objective: `fun` at the recommendation (NaN if there is none or the run
+            was interrupted).
         optimizer: the Nevergrad optimizer after the run (background threads of recast
             optimizers stopped: it can be inspected, not continued).
         selected: the optimizer that did the work (NGOpt and the other wizards pick one).
@@ -137,6 +143,7 @@ class NevergradResult(NamedTuple):
 
     recommendation: Any
     recommended_u: Any
+    recommended_objective: float
     optimizer: Any
     selected: str
     nonfinite: int
@@ -219,9 +226,10 @@ class Nevergrad(Algorithm):
     """Any Nevergrad optimizer as an optiframe algorithm.
 
     `maxiters` is the evaluation budget: the number of candidates evaluated (Nevergrad's
-    `budget`). `sol.u` is the best candidate evaluated; with constraints, the best whose
-    constraints hold to `constraint_tol`. Nevergrad's recommendation is in
-    `sol.original.recommendation`.
+    `budget`); Nevergrad's recommendation, unless it is the best candidate already, is
+    evaluated once more after the budget (counted in `stats.fevals`). `sol.u` is the best
+    point evaluated; with constraints, the best whose constraints hold to `constraint_tol`.
+    The recommendation is in `sol.original.recommendation`.
 
     Args:
         name: a name in `ng.optimizers.registry` ("NGOpt", "CMA", "TwoPointsDE", "PSO",
@@ -242,9 +250,10 @@ class Nevergrad(Algorithm):
             False: Nevergrad's steady state, tell each result as it arrives), `noisy`
             (False; True: the objective is stochastic, `sol.u` is Nevergrad's
             recommendation), `penalty_style` (see `PENALTY_STYLE`) and `chunk` (None: a
-            batch is one `jax.vmap`; an integer: vmap that many candidates at a time, the
-            chunks looped inside the same jitted call, which bounds memory when one
-            evaluation is large). The same options may be given to `solve`.
+            batch is one `jax.vmap`-ed call; an integer c: one call per c candidates, each
+            dispatched as soon as its candidates are asked, so Nevergrad's ask and tell
+            overlap the evaluation; faster for compute-bound objectives, and it bounds
+            memory). The same options may be given to `solve`.
 
     Raises:
         InvalidProblemError: a bad `seed`, `num_workers`, `executor` or option.
@@ -512,14 +521,17 @@ class _Run:
             self.bounding == "penalty" and problem.has_bounds
         )
         self.style = tuple(float(v) for v in settings["penalty_style"])
-        self.host = problem.f.ad != "jax" or self.executor is not None
-        if self.executor is None:
-            if self.host:
-                self.evaluate = HostEvaluator(problem, self.space)
-            else:
-                self.evaluate = JaxEvaluator(problem, self.space, self.k, settings["chunk"])
-        elif problem.has_constraints:
-            self.constraints = HostConstraints(problem, self.space)
+        # Candidates per evaluation call, started as soon as they are asked: a JAX call
+        # takes `chunk` of them (default: the whole batch), host code and an executor one.
+        if self.executor is not None:
+            self.evaluator = ExecutorEvaluator(problem, self.space, self.executor)
+            self.chunk = 1
+        elif problem.f.ad != "jax":
+            self.evaluator = HostEvaluator(problem, self.space)
+            self.chunk = 1
+        else:
+            self.chunk = min(settings["chunk"] or self.k, self.k)
+            self.evaluator = JaxEvaluator(problem, self.chunk)
 
     # -- setting up
 
@@ -560,6 +572,7 @@ class _Run:
         self.start = time.perf_counter()
         self.best = _Best()
         self.fevals = self.batches = self.nonfinite = 0
+        self.recommended_objective = np.nan
         self.bar = None
         if self.options.progress is not None:
             self.bar = self.options.progress.open(self.options.maxiters)
@@ -567,7 +580,7 @@ class _Run:
             self.shown = 0
         optimizer = self._optimizer()
         self.recast = self._recast_driver(optimizer)
-        retcode, message = None, ""
+        retcode, message, interrupted = None, "", False
         try:
             if self.executor is not None and not self.settings["batch_mode"]:
                 retcode, message = self._steady(optimizer)
@@ -579,6 +592,7 @@ class _Run:
                 stacklevel=4,
             )
             retcode, message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
+            interrupted = True
         finally:
             if self.bar is not None:
                 self.bar.close()
@@ -587,7 +601,31 @@ class _Run:
             except Exception:  # a recommendation is a courtesy; the run's result stands
                 recommendation = None
             _stop_threads(optimizer)
+        if recommendation is not None and not interrupted:
+            self._evaluate_recommendation(recommendation)
         return self._solution(optimizer, recommendation, retcode, message)
+
+    def _evaluate_recommendation(self, recommendation: Any) -> None:
+        """Evaluate Nevergrad's recommendation, unless it is the best candidate already, and
+        let it compete: CMA recommends the mean of its search distribution and a metamodel
+        the optimum of its fitted model, points that were never evaluated and can beat every
+        evaluated one. Counted in `fevals`. With `noisy=True` it is `sol.u` whatever its value."""
+        X, _ = self._points([recommendation])
+        if not self.settings["noisy"] and self.best.x is not None and np.array_equal(
+            X[0], self.best.x
+        ):
+            self.recommended_objective = self.best.objective
+            return
+        batch = self._evaluate(X)
+        self.recommended_objective = float(batch.objectives[0])
+        self.fevals += 1
+        if not np.isfinite(batch.losses[0]):
+            self.nonfinite += 1
+        worst = 0.0 if batch.violations is None else float(np.max(batch.violations[0]))
+        if self.settings["noisy"]:
+            self.best = _Best(X[0], batch.losses[0], batch.objectives[0], worst)
+        else:
+            self.best.offer(X[0], batch.losses[0], batch.objectives[0], worst, self.tol)
 
     def _recast_driver(self, optimizer: Any) -> bool:
         """Whether the optimizer doing the work runs a library's own loop in a thread
@@ -651,55 +689,51 @@ class _Run:
             )
 
     def _batched(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
+        """Ask a batch, evaluate it, tell it, until the budget is spent. The evaluation of
+        each `chunk` of candidates starts as soon as they are asked, so Nevergrad's asks
+        overlap the evaluation of the earlier ones, and the tells of each chunk the
+        evaluation of the later ones; Nevergrad sees exactly the sequential ask-all,
+        tell-all order."""
         budget, maxtime = self.options.maxiters, self.options.maxtime
         while self.fevals < budget:
-            candidates = []
-            for _ in range(min(self.k, budget - self.fevals)):
+            candidates: list[Any] = []
+            started: list[tuple[list[Any], np.ndarray, Any, Pending]] = []
+            size = min(self.k, budget - self.fevals)
+            while len(candidates) < size:
                 candidate = self._ask(optimizer)
                 if candidate is None:
                     break
                 candidates.append(candidate)
+                if len(candidates) % self.chunk == 0:
+                    started.append(self._start(candidates[-self.chunk :]))
             if not candidates:
                 return ReturnCode.Success, (
                     f"{self.selected}'s own stopping rule ended it after {self.fevals} "
                     "evaluations"
                 )
-            X, box = self._points(candidates)
-            batch = self._evaluate(X)
-            self._tell_all(optimizer, candidates, batch, box)
-            stop = self._after_batch(optimizer, candidates, X, batch)
+            if len(candidates) % self.chunk:
+                started.append(self._start(candidates[-(len(candidates) % self.chunk) :]))
+            X, batches = [], []
+            for chunk, points, box, pending in started:
+                batch = pending()
+                self._tell_all(optimizer, chunk, batch, box)
+                X.append(points)
+                batches.append(batch)
+            stop = self._after_batch(optimizer, candidates, np.concatenate(X), join(batches))
             if stop is not None:
                 return stop
             if maxtime is not None and time.perf_counter() - self.start >= maxtime:
                 return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
         return None, ""
 
+    def _start(self, candidates: list[Any]) -> tuple[list[Any], np.ndarray, Any, Pending]:
+        """Start evaluating `candidates`: (them, their points, box violations, pending)."""
+        X, box = self._points(candidates)
+        return candidates, X, box, self.evaluator.start(X)
+
     def _evaluate(self, X: np.ndarray) -> Batch:
-        if self.executor is None:
-            return self.evaluate(X)
-        futures = [self._submit(x) for x in X]
-        return self._collect(X, [self._result(f) for f in futures])
-
-    def _submit(self, x: np.ndarray) -> Any:
-        return self.executor.submit(self.problem.f.fun, self.space.tree(x), self.problem.p)
-
-    def _result(self, future: Any) -> tuple[float, Any]:
-        try:
-            out = future.result()
-        except OptiframeError:
-            raise
-        except Exception as err:
-            raise ObjectiveError(
-                f"Evaluating the objective fun(u, p) through the executor failed: "
-                f"{type(err).__name__}: {err}"
-            ) from err
-        return scalar_result(out, self.problem.f.has_aux)
-
-    def _collect(self, X: np.ndarray, values: list[tuple[float, Any]]) -> Batch:
-        objectives = np.array([v for v, _ in values], float)
-        aux = [a for _, a in values] if self.problem.f.has_aux else None
-        viol = self.constraints(X) if self.problem.has_constraints else None
-        return Batch(self.problem.sense.sign * objectives, objectives, viol, aux)
+        return join([self.evaluator.start(X[i : i + self.chunk])() for i in
+                     range(0, len(X), self.chunk)])
 
     def _steady(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
         """Nevergrad's steady state with an executor: keep `num_workers` evaluations
@@ -715,7 +749,7 @@ class _Run:
                     if candidate is None:
                         exhausted = True
                         break
-                    running[self._submit(self._points([candidate])[0][0])] = candidate
+                    running[self.evaluator.submit(self._points([candidate])[0][0])] = candidate
                     asked += 1
                 if not running:
                     break
@@ -728,7 +762,7 @@ class _Run:
                 done = [f for f in running if f in done]  # in asked order
                 candidates = [running.pop(f) for f in done]
                 X, box = self._points(candidates)
-                batch = self._collect(X, [self._result(f) for f in done])
+                batch = self.evaluator.collect(X, done)
                 self._tell_all(optimizer, candidates, batch, box)
                 stop = self._after_batch(optimizer, candidates, X, batch)
                 if stop is not None:
@@ -796,10 +830,6 @@ class _Run:
         if recommendation is not None:
             recommended_u = restore_like(space.tree(space.flat(recommendation.value)), problem.u0)
         x, objective = best.x, best.objective
-        if self.settings["noisy"] and recommendation is not None:
-            x = space.flat(recommendation.value)
-            objective = float(self._evaluate(x[None]).objectives[0])
-            self.fevals += 1
         notes = []
         if self.nonfinite:
             notes.append(f"{self.nonfinite} evaluations were NaN or inf")
@@ -828,7 +858,12 @@ class _Run:
             retcode=retcode,
             stats=Stats(iterations=self.batches, fevals=self.fevals),
             original=NevergradResult(
-                recommendation, recommended_u, optimizer, self.selected, self.nonfinite
+                recommendation,
+                recommended_u,
+                self.recommended_objective,
+                optimizer,
+                self.selected,
+                self.nonfinite,
             ),
             message=message,
         )

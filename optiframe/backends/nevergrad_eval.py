@@ -1,15 +1,17 @@
 """Evaluating Nevergrad's candidates: a batch at a time on JAX, one call at a time on the
 host, or in parallel through a `concurrent.futures.Executor`.
 
-Every evaluator takes flat float64 candidates (rows of `X`) and returns a `Batch`: the
-signed losses Nevergrad is told (`sign * fun`), the values of `fun` itself, and, for a
-constrained problem, how far each constraint is violated.
+Every evaluator's `start(X)` takes flat float64 candidates (rows of `X`), starts their
+evaluation and returns a `Pending`: calling it waits and gives a `Batch` of the signed
+losses Nevergrad is told (`sign * fun`), the values of `fun` itself and, for a constrained
+problem, how far each constraint is violated. On JAX (asynchronous dispatch) and through an
+executor the evaluation runs while the caller asks Nevergrad for more candidates.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -42,6 +44,29 @@ class Batch(NamedTuple):
     aux: Any
 
 
+Pending = Callable[[], Batch]  # waits for a started evaluation and returns its Batch
+
+
+def join(batches: Sequence[Batch]) -> Batch:
+    """One `Batch` of the candidates of `batches`, in order."""
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    viol = None if first.violations is None else np.concatenate([b.violations for b in batches])
+    if first.aux is None:
+        aux = None
+    elif isinstance(first.aux, list):
+        aux = [a for b in batches for a in b.aux]
+    else:
+        aux = jax.tree.map(lambda *a: jnp.concatenate(a), *[b.aux for b in batches])
+    return Batch(
+        np.concatenate([b.losses for b in batches]),
+        np.concatenate([b.objectives for b in batches]),
+        viol,
+        aux,
+    )
+
+
 def violations(values: np.ndarray, lcons: np.ndarray, ucons: np.ndarray) -> np.ndarray:
     """(b, m) amounts by which constraint values (b, m) leave `[lcons, ucons]`."""
     with np.errstate(invalid="ignore"):
@@ -62,13 +87,11 @@ def aux_at(aux: Any, i: int) -> Any:
 
 
 class JaxProgram:
-    """`fun` (and `cons`) over a batch of `size` flat candidates: one `jax.vmap`-ed, jitted
-    call. Built once per (objective, sense, shapes of u0, size) and cached on the objective,
-    so later solves never trace again."""
+    """`fun` (and `cons`) over `size` flat candidates: one `jax.vmap`-ed, jitted call. Built
+    once per (objective, sense, shapes of u0, size) and cached on the objective, so later
+    solves never trace again."""
 
-    def __init__(
-        self, problem: OptimizationProblem, size: int, with_cons: bool, chunk: int | None = None
-    ) -> None:
+    def __init__(self, problem: OptimizationProblem, size: int, with_cons: bool) -> None:
         derivs = derivatives(problem.f, problem.sense)
         zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), device_shapes(problem.u0))
         flat0, unravel = ravel(zeros)
@@ -82,50 +105,48 @@ class JaxProgram:
             c = jnp.atleast_1d(cons(u, p)).astype(loss.dtype) if cons is not None else None
             return loss, aux, c
 
-        if chunk is None or chunk >= size:
-            self.evaluate = jax.jit(jax.vmap(one, in_axes=(0, None)))
-        else:  # vmap over `chunk` candidates at a time, the chunks in a loop, one call
-            self.evaluate = jax.jit(
-                lambda X, p: jax.lax.map(lambda x: one(x, p), X, batch_size=chunk)
-            )
+        self.evaluate = jax.jit(jax.vmap(one, in_axes=(0, None)))
 
     def __call__(self, X: np.ndarray, p: Any) -> tuple[Any, Any, Any]:
+        """Dispatch the evaluation of the rows of `X` (at most `size`); returns at once."""
         b = X.shape[0]
-        if b < self.size:  # the last, partial batch: pad it, so no other size compiles
+        if b < self.size:  # a partial batch: pad it, so no other size compiles
             X = np.concatenate([X, np.repeat(X[-1:], self.size - b, axis=0)])
         return self.evaluate(np.asarray(X, self.dtype), p)
 
 
-def jax_program(problem: OptimizationProblem, size: int, chunk: int | None = None) -> JaxProgram:
+def jax_program(problem: OptimizationProblem, size: int) -> JaxProgram:
     cache = problem.f._cache.setdefault("nevergrad", collections.OrderedDict())
     shapes = device_shapes(problem.u0)
     signature = (
         jax.tree.structure(shapes),
         tuple((s.shape, s.dtype) for s in jax.tree.leaves(shapes)),
     )
-    key = (problem.sense, signature, size, problem.has_constraints, chunk)
+    key = (problem.sense, signature, size, problem.has_constraints)
     if key in cache:
         cache.move_to_end(key)
     else:
-        cache[key] = JaxProgram(problem, size, problem.has_constraints, chunk)
+        cache[key] = JaxProgram(problem, size, problem.has_constraints)
         if len(cache) > _CACHE_SIZE:
             cache.popitem(last=False)
     return cache[key]
 
 
 class JaxEvaluator:
-    """A batch of candidates in one vmapped, jitted call of `fun` (and `cons`)."""
+    """Up to `size` candidates in one vmapped, jitted call of `fun` (and `cons`), dispatched
+    asynchronously: the host goes on while the device evaluates."""
 
-    def __init__(
-        self, problem: OptimizationProblem, space: SearchSpace, size: int, chunk: int | None
-    ) -> None:
+    def __init__(self, problem: OptimizationProblem, size: int) -> None:
         self.problem, self.sign = problem, problem.sense.sign
-        self.program = jax_program(problem, size, chunk)
+        self.program = jax_program(problem, size)
         self._checked = not problem.has_constraints
 
-    def __call__(self, X: np.ndarray) -> Batch:
+    def start(self, X: np.ndarray) -> Pending:
         b = X.shape[0]
-        loss, aux, cons = self.program(X, self.problem.p)
+        out = self.program(X, self.problem.p)
+        return lambda: self._batch(b, *out)
+
+    def _batch(self, b: int, loss: Any, aux: Any, cons: Any) -> Batch:
         loss, cons = jax.device_get((loss, cons))
         losses = np.asarray(loss, float)[:b]
         viol = None
@@ -224,16 +245,58 @@ class HostConstraints:
 
 
 class HostEvaluator:
-    """One call of `fun` per candidate, on NumPy float64 `u` in `u0`'s structure."""
+    """One call of `fun` per candidate, on NumPy float64 `u` in `u0`'s structure, made when
+    the candidates are started."""
 
     def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
         self.problem, self.space, self.sign = problem, space, problem.sense.sign
         self.cons = HostConstraints(problem, space) if problem.has_constraints else None
 
-    def __call__(self, X: np.ndarray) -> Batch:
+    def start(self, X: np.ndarray) -> Pending:
         f, p = self.problem.f, self.problem.p
         values = [host_value(f.fun, f.has_aux, self.space.tree(x), p) for x in X]
-        objectives = np.array([v for v, _ in values], float)
-        aux = [a for _, a in values] if f.has_aux else None
-        viol = self.cons(X) if self.cons is not None else None
-        return Batch(self.sign * objectives, objectives, viol, aux)
+        batch = host_batch(values, self.sign, f.has_aux, self.cons, X)
+        return lambda: batch
+
+
+class ExecutorEvaluator:
+    """`executor.submit(fun, u, p)` per candidate, as Nevergrad's own
+    `minimize(executor=...)` does; `u` is NumPy float64 in `u0`'s structure. Constraints
+    are evaluated in this process."""
+
+    def __init__(self, problem: OptimizationProblem, space: SearchSpace, executor: Any) -> None:
+        self.problem, self.space, self.executor = problem, space, executor
+        self.cons = HostConstraints(problem, space) if problem.has_constraints else None
+
+    def submit(self, x: np.ndarray) -> Any:
+        return self.executor.submit(self.problem.f.fun, self.space.tree(x), self.problem.p)
+
+    def result(self, future: Any) -> tuple[float, Any]:
+        try:
+            out = future.result()
+        except OptiframeError:
+            raise
+        except Exception as err:
+            raise ObjectiveError(
+                f"Evaluating the objective fun(u, p) through the executor failed: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        return scalar_result(out, self.problem.f.has_aux)
+
+    def collect(self, X: np.ndarray, futures: Sequence[Any]) -> Batch:
+        values = [self.result(f) for f in futures]
+        return host_batch(values, self.problem.sense.sign, self.problem.f.has_aux, self.cons, X)
+
+    def start(self, X: np.ndarray) -> Pending:
+        futures = [self.submit(x) for x in X]
+        return lambda: self.collect(X, futures)
+
+
+def host_batch(
+    values: list[tuple[float, Any]], sign: float, has_aux: bool, cons: Any, X: np.ndarray
+) -> Batch:
+    """The `Batch` of host evaluations `(fun, aux)` of the rows of `X`."""
+    objectives = np.array([v for v, _ in values], float)
+    aux = [a for _, a in values] if has_aux else None
+    viol = cons(X) if cons is not None else None
+    return Batch(sign * objectives, objectives, viol, aux)
