@@ -97,7 +97,8 @@ def overhead(
             param.set_bounds(lb, ub, method=bounding, full_range_sampling=True)
             param.random_state = np.random.RandomState(seed)
             opt = factory(parametrization=param, budget=budget)
-            rec = opt.minimize(rastrigin_np)
+            with ngb.seeded_cma(seed):  # the seed opf.solve gives cma.fmin (CmaFmin2)
+                rec = opt.minimize(rastrigin_np)
             ngb._stop_threads(opt)
             return rastrigin_np(rec.value)
 

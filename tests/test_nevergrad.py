@@ -217,6 +217,16 @@ def test_same_seed_same_result_other_seed_other_result():
         assert not np.array_equal(a.u, c.u)
 
 
+def test_cmafmin2_reproduces_by_seed():
+    # Nevergrad's CmaFmin2 (which NGOpt picks for some problems) calls cma.fmin without a
+    # seed, and cma seeds itself from the clock; optiframe passes one drawn from `seed`.
+    prob = opf.OptimizationProblem(rastrigin, jnp.full(4, 2.0), lb=-5.12, ub=5.12)
+    a, b, c = (opf.solve(prob, opf.Nevergrad("CmaFmin2", seed=s), maxiters=300)
+               for s in (0, 0, 1))
+    np.testing.assert_array_equal(a.u, b.u)
+    assert not np.array_equal(a.u, c.u)
+
+
 def test_string_names_and_case():
     prob = sphere_problem()
     for alg in ("nevergrad:CMA", "nevergrad:cma", "Nevergrad:TwoPointsDE", "nevergrad:DiagonalCMA"):

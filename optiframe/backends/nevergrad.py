@@ -17,11 +17,13 @@ objective), and the recommendation stays in `sol.original`. See docs/nevergrad.m
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import difflib
+import functools
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -107,6 +109,49 @@ def _patch_metamodel() -> None:
         metamodel.float = _lenient_float  # module global; shadows the builtin there only
 
 
+# Seeds for `cma.fmin` calls made while a seeded run is in progress (innermost run last).
+_CMA_SEEDS: list[np.random.RandomState] = []
+
+
+@contextlib.contextmanager
+def seeded_cma(seed: int | None) -> Iterator[None]:
+    """Give every `cma.fmin` call without a seed, while the block runs, one drawn from
+    `seed` (nothing changes for `seed=None`).
+
+    Nevergrad's `CmaFmin2` (which NGOpt selects for some problems) calls `cma.fmin` without
+    a seed, and `cma` then seeds itself, and NumPy's global random state, from the clock:
+    a run could not be reproduced. With a seed drawn from the run's seed it can.
+    """
+    if seed is None:
+        yield
+        return
+    _CMA_SEEDS.append(np.random.RandomState(seed))
+    try:
+        yield
+    finally:
+        _CMA_SEEDS.pop()
+
+
+def _patch_cma() -> None:
+    """Route `cma.fmin` through `seeded_cma`'s seeds."""
+    import cma
+
+    if getattr(cma.fmin, "_optiframe_seeded", False):
+        return
+    fmin = cma.fmin
+
+    @functools.wraps(fmin)
+    def seeded_fmin(*args: Any, **kwargs: Any) -> Any:
+        if _CMA_SEEDS and "options" in kwargs:
+            options = dict(kwargs["options"] or {})
+            options.setdefault("seed", int(_CMA_SEEDS[-1].randint(1, 2**31)))
+            kwargs["options"] = options
+        return fmin(*args, **kwargs)
+
+    seeded_fmin._optiframe_seeded = True  # type: ignore[attr-defined]
+    cma.fmin = seeded_fmin
+
+
 def _import_nevergrad() -> Any:
     try:
         import nevergrad as ng
@@ -115,6 +160,7 @@ def _import_nevergrad() -> Any:
             "opf.Nevergrad needs the nevergrad package: pip install 'optiframe[nevergrad]'."
         ) from err
     _patch_metamodel()
+    _patch_cma()
     # Nevergrad's CMA tells the `cma` package points repaired into the bounds ("injected"),
     # one ask at a time, and `cma` then warns about "orphanated injected solution"s: a
     # notice about Nevergrad's calling pattern that a user cannot act on.
@@ -582,10 +628,11 @@ class _Run:
         self.recast = self._recast_driver(optimizer)
         retcode, message, interrupted = None, "", False
         try:
-            if self.executor is not None and not self.settings["batch_mode"]:
-                retcode, message = self._steady(optimizer)
-            else:
-                retcode, message = self._batched(optimizer)
+            with seeded_cma(self.alg.seed):
+                if self.executor is not None and not self.settings["batch_mode"]:
+                    retcode, message = self._steady(optimizer)
+                else:
+                    retcode, message = self._batched(optimizer)
         except KeyboardInterrupt:
             warnings.warn(
                 "solve() interrupted: returning the best candidate so far (Terminated).",
