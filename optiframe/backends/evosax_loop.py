@@ -185,14 +185,15 @@ class GenerationProgram:
             mean = u
             if self.groups is not None:
                 mean = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.groups, *x.shape)), u)
-            return carry._replace(state=self.algorithm.init(init_key, mean, params)), None
+            state = self.algorithm.init(init_key, mean, params)
+            return _strong(carry._replace(state=state)), None
         draw_key, init_key = jax.random.split(init_key)
         population = self._first_population(draw_key, u, lb, ub, init_std)
         population, aux, fitness = self._evaluate(population, p)
         told = self._told(fitness, self._worst(carry, fitness))
         state = self.algorithm.init(init_key, population, told, params)
         carry = self._record(carry._replace(state=state), population, fitness, tol)
-        return carry, (population, fitness, aux)
+        return _strong(carry), (population, fitness, aux)
 
     def _first_population(self, key, u, lb, ub, init_std):
         """`u0` and `size - 1` draws: uniform in the box, or around `u0`."""
@@ -238,3 +239,10 @@ class GenerationProgram:
             return (c.counts[STATUS] == RUNNING) & (c.counts[ITERATIONS] < limit)
 
         return jax.lax.while_loop(going, body, carry)
+
+
+def _strong(tree: Any) -> Any:
+    """`tree` with strongly typed leaves. evosax's `init` leaves some weakly typed (a
+    generation counter from a Python 0), its `tell` returns them strong: made alike here,
+    a fresh carry and a stepped one hit the same compiled code."""
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), tree)
