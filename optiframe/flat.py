@@ -60,6 +60,8 @@ def host_unraveler(u: Any) -> Callable[[np.ndarray], Any]:
     leaves, treedef = jax.tree.flatten(u)
     shapes = [np.shape(leaf) for leaf in leaves]
     splits = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+    if treedef == jax.tree.structure(0):  # `u` is one array: skip split and unflatten
+        return lambda x: np.asarray(x).reshape(shapes[0])
 
     def unravel(x: np.ndarray) -> Any:
         parts = np.split(np.asarray(x), splits)
