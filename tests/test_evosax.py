@@ -394,3 +394,12 @@ def test_repr_capabilities_and_the_constructor_imports_nothing(monkeypatch):
     caps = alg.capabilities
     assert caps.bounds and not (caps.constraints or caps.integrality or caps.data)
     assert {"abstol", "reltol", "warm_start", "callback"} <= caps.keywords
+
+
+def test_benchmark_smoke_run(capsys):
+    from scripts import BENCHMARKS, load
+
+    rows = load(BENCHMARKS / "bench_evosax.py").main(["--quick"])
+    assert [name for name, _, _ in rows] == ["MLP 500 samples A/B", "MLP 500 samples A/C"]
+    assert all(ratio > 0 for _, ratio, _ in rows)
+    assert "targets met" in capsys.readouterr().out

@@ -349,7 +349,7 @@ def _program(
 
 def _params(algorithm: Any, overrides: dict[str, Any], cls_name: str, known: list[str]) -> Any:
     """evosax's `default_params` with the options that name its fields applied."""
-    params = algorithm.default_params
+    params = _defaults(algorithm)
     fields = [f.name for f in dataclasses.fields(params)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
@@ -364,14 +364,23 @@ def _params(algorithm: Any, overrides: dict[str, Any], cls_name: str, known: lis
     for name, value in overrides.items():
         old = getattr(params, name)
         try:
-            values[name] = jnp.asarray(value, dtype=jnp.result_type(old))
+            values[name] = jnp.asarray(value, dtype=old.dtype)
         except (TypeError, ValueError) as err:
             raise InvalidProblemError(
                 f"`EvoSax({cls_name!r}, {name}={value!r})`: {err}"
             ) from err
-    # Strongly typed arrays throughout, so that overriding a field (a Python float in the
-    # defaults, weakly typed) does not change the compiled program's signature.
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype), params.replace(**values))
+    return params.replace(**values)
+
+
+def _defaults(algorithm: Any) -> Any:
+    """evosax's `default_params` of `algorithm` (computed eagerly by evosax: kept), as
+    strongly typed arrays, so that overriding a field (a Python float in the defaults,
+    weakly typed) does not change the compiled program's signature."""
+    if not hasattr(algorithm, "_optiframe_defaults"):
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype),
+                              algorithm.default_params)
+        algorithm._optiframe_defaults = params
+    return algorithm._optiframe_defaults
 
 
 # --------------------------------------------------------------------------- one run
@@ -409,7 +418,7 @@ class _Run:
                                    problem.lb, self.u)
             self.ub = jax.tree.map(lambda b, x: jnp.broadcast_to(jnp.asarray(b, dtype), x.shape),
                                    problem.ub, self.u)
-            box = all(bool(jnp.all(jnp.isfinite(b))) for b in jax.tree.leaves((self.lb, self.ub)))
+            box = all(np.all(np.isfinite(b)) for b in jax.tree.leaves((problem.lb, problem.ub)))
         population_based = _population_based(cls)
         stall = options.abstol is not None or options.reltol is not None
         spec = LoopSpec(
