@@ -8,6 +8,8 @@
    declaring it host code: Nevergrad calls it on NumPy.
 4. Batched evaluation: TwoPointsDE asking 32 candidates at a time, evaluated in one
    vmapped call of a JAX objective.
+5. On the device: evosax's CMA-ES, 64 candidates a generation, the whole run one compiled
+   loop (`opf.EvoSax`).
 
 Run: python examples/gradient_free.py [--quick] [--output gradient_free.png]
 """
@@ -91,6 +93,19 @@ def batched(budget: int) -> opf.OptimizationSolution:
     return sol
 
 
+def on_device(budget: int) -> opf.OptimizationSolution:
+    """evosax's CMA-ES: ask, a vmapped evaluation and tell per generation, all generations
+    one jitted loop."""
+    prob = opf.OptimizationProblem(rastrigin, jnp.full(4, 3.3), lb=-5.12, ub=5.12)
+    alg = opf.EvoSax("CMA_ES", population_size=64, std_init=2.0, seed=0)
+    sol = opf.solve(prob, alg, maxiters=budget // 64)
+    print(
+        f"5. evosax CMA_ES, 64 per generation: f = {sol.objective:.2e}, "
+        f"{sol.stats.fevals} evaluations in {sol.stats.iterations} generations"
+    )
+    return sol
+
+
 def plot(curves: dict[str, list[float]], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -122,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "integers": integers(),
         "host": host_objective(),
         "batched": batched(budget),
+        "on_device": on_device(budget),
     }
 
 

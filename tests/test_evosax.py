@@ -380,6 +380,16 @@ def test_unsupported_problems_and_keywords():
         opf.solve(prob, opf.EvoSax("SNES", population_size=8), maxiters=5, warm_start=other)
 
 
+def test_host_objectives_are_refused_with_a_pointer_to_nevergrad():
+    def host(u, p):
+        return float(np.sum(np.asarray(u) ** 2))
+
+    for ad, error in (("finite", opf.UnsupportedFeatureError), (None, opf.ObjectiveError)):
+        prob = opf.OptimizationProblem(opf.OptimizationFunction(host, ad=ad), np.ones(3))
+        with pytest.raises(error, match=r"opf.Nevergrad|cannot be traced"):
+            opf.solve(prob, opf.EvoSax(), maxiters=5)
+
+
 def test_missing_evosax_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "evosax", None)
     prob = squares()

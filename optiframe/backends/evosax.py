@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..derivatives import derivatives
+from ..derivatives import check_objective, derivatives
 from ..errors import InvalidProblemError, UnsupportedFeatureError
-from ..flat import ravel, restore_like, to_device
+from ..flat import device_shapes, ravel, restore_like, to_device
 from ..problem import OptimizationProblem
 from ..progress import advance
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
@@ -400,6 +400,14 @@ class _Run:
             raise InvalidProblemError(
                 "The evosax backend needs a generation budget: pass solve(..., maxiters=N)."
             )
+        if problem.f.ad == "finite":
+            raise UnsupportedFeatureError(
+                "opf.EvoSax evaluates the objective inside a compiled loop (a jax.vmap over "
+                "the population), but OptimizationFunction(ad='finite') declares host code. "
+                "Use opf.Nevergrad for objectives JAX cannot trace, or ad='jax' if fun is "
+                "written in JAX."
+            )
+        check_objective(problem.f, device_shapes(problem.u0), problem.p)  # ad=None too
         self.alg, self.problem, self.options = alg, problem, options
         cls, self.label = resolve_algorithm(alg.name)
         ours = {k: settings.pop(k) for k in list(settings) if k in _OPTIONS}
