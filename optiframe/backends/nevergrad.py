@@ -21,8 +21,10 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -109,8 +111,12 @@ def _patch_metamodel() -> None:
         metamodel.float = _lenient_float  # module global; shadows the builtin there only
 
 
-# Seeds for `cma.fmin` calls made while a seeded run is in progress (innermost run last).
+# Seeds for `cma.fmin` calls made while a seeded run is in progress (innermost run last),
+# and the source each thread that called `cma.fmin` drew its first seed from.
 _CMA_SEEDS: list[np.random.RandomState] = []
+_CMA_THREAD_SEEDS: weakref.WeakKeyDictionary[threading.Thread, np.random.RandomState] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @contextlib.contextmanager
@@ -120,7 +126,8 @@ def seeded_cma(seed: int | None) -> Iterator[None]:
 
     Nevergrad's `CmaFmin2` (which NGOpt selects for some problems) calls `cma.fmin` without
     a seed, and `cma` then seeds itself, and NumPy's global random state, from the clock:
-    a run could not be reproduced. With a seed drawn from the run's seed it can.
+    a run could not be reproduced. With a seed drawn from the run's seed it can. A thread
+    keeps drawing from the run it first called `cma.fmin` in (its restarts do too).
     """
     if seed is None:
         yield
@@ -142,9 +149,15 @@ def _patch_cma() -> None:
 
     @functools.wraps(fmin)
     def seeded_fmin(*args: Any, **kwargs: Any) -> Any:
-        if _CMA_SEEDS and "options" in kwargs:
+        thread = threading.current_thread()
+        source = _CMA_THREAD_SEEDS.get(thread)
+        if source is None and _CMA_SEEDS:
+            source = _CMA_SEEDS[-1]
+            if thread is not threading.main_thread():  # a recast optimizer's thread
+                _CMA_THREAD_SEEDS[thread] = source
+        if source is not None and "options" in kwargs:
             options = dict(kwargs["options"] or {})
-            options.setdefault("seed", int(_CMA_SEEDS[-1].randint(1, 2**31)))
+            options.setdefault("seed", int(source.randint(1, 2**31)))
             kwargs["options"] = options
         return fmin(*args, **kwargs)
 
@@ -474,9 +487,11 @@ def family(factory: Any) -> str:
 # --------------------------------------------------------------------------- one run
 
 
-def _stop_threads(optimizer: Any) -> None:
-    """Stop the background threads of recast optimizers anywhere inside `optimizer`, so a
-    kept optimizer never blocks the interpreter's exit."""
+def _stop_threads(optimizer: Any, timeout: float = 1.0) -> None:
+    """Stop the background threads of recast optimizers anywhere inside `optimizer` and wait
+    (up to `timeout` seconds each) until they have ended, so a kept optimizer never blocks
+    the interpreter's exit and no thread of a finished run draws random numbers during the
+    next one."""
     from nevergrad.optimization import base
 
     seen: set[int] = set()
@@ -490,6 +505,9 @@ def _stop_threads(optimizer: Any) -> None:
             thread = getattr(obj, "_messaging_thread", None)
             if thread is not None:
                 thread.stop()
+                inner = getattr(thread, "_thread", None)  # the threading.Thread itself
+                if inner is not None:
+                    inner.join(timeout)
             stack.extend(vars(obj).values())
         elif isinstance(obj, (list, tuple)):
             stack.extend(obj)
