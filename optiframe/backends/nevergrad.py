@@ -681,7 +681,7 @@ class _Run:
         ):
             self.recommended_objective = self.best.objective
             return
-        batch = self._evaluate(X)
+        batch = self.evaluator.start(X)()
         self.recommended_objective = float(batch.objectives[0])
         self.fevals += 1
         if not np.isfinite(batch.losses[0]):
@@ -795,10 +795,6 @@ class _Run:
         """Start evaluating `candidates`: (them, their points, box violations, pending)."""
         X, box = self._points(candidates)
         return candidates, X, box, self.evaluator.start(X)
-
-    def _evaluate(self, X: np.ndarray) -> Batch:
-        return join([self.evaluator.start(X[i : i + self.chunk])() for i in
-                     range(0, len(X), self.chunk)])
 
     def _steady(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
         """Nevergrad's steady state with an executor: keep `num_workers` evaluations
