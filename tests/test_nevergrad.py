@@ -113,6 +113,7 @@ def test_an_unevaluated_recommendation_that_is_better_is_returned():
     assert len(count) == sol.stats.fevals == 4
     assert sol.objective == sol.original.recommended_objective == 0.0
     np.testing.assert_array_equal(sol.u, SPHERE_SHIFT)
+    assert "the best point is Nevergrad's recommendation" in sol.message
 
 
 def test_a_recommendation_that_is_the_best_candidate_costs_no_evaluation():

@@ -637,6 +637,7 @@ class _Run:
         self.best = _Best()
         self.fevals = self.batches = self.nonfinite = 0
         self.recommended_objective = np.nan
+        self.notes: list[str] = []
         self.bar = None
         if self.options.progress is not None:
             self.bar = self.options.progress.open(self.options.maxiters)
@@ -690,7 +691,12 @@ class _Run:
         if self.settings["noisy"]:
             self.best = _Best(X[0], batch.losses[0], batch.objectives[0], worst)
         else:
+            before = self.best.x
             self.best.offer(X[0], batch.losses[0], batch.objectives[0], worst, self.tol)
+            if self.best.x is not before:
+                self.notes.append(
+                    "the best point is Nevergrad's recommendation, evaluated after the budget"
+                )
 
     def _recast_driver(self, optimizer: Any) -> bool:
         """Whether the optimizer doing the work runs a library's own loop in a thread
@@ -891,7 +897,7 @@ class _Run:
         if recommendation is not None:
             recommended_u = restore_like(space.tree(space.flat(recommendation.value)), problem.u0)
         x, objective = best.x, best.objective
-        notes = []
+        notes = list(self.notes)
         if self.nonfinite:
             notes.append(f"{self.nonfinite} evaluations were NaN or inf")
         if x is None:
