@@ -326,19 +326,16 @@ def _program(
         cache.move_to_end(key)
         return cache[key]
     template = jax.tree.map(lambda x: jnp.zeros(x.shape, search_dtype()), u)
-    with warnings.catch_warnings():
-        # evosax casts a few float64 constants to float32 without JAX_ENABLE_X64.
-        warnings.filterwarnings("ignore", message=".*Explicitly requested dtype.*")
-        try:
-            algorithm = cls(population_size=size, solution=template, **ctor)
-        except (AssertionError, TypeError, ValueError) as err:
-            detail = str(err) or type(err).__name__
-            raise InvalidProblemError(
-                f"`EvoSax({cls.__name__!r}, population_size={size}"
-                + "".join(f", {k}=..." for k in sorted(ctor))
-                + f")`: evosax refused the configuration: {detail}. Constructor arguments are "
-                "options: EvoSax(name, argument=value)."
-            ) from err
+    try:
+        algorithm = cls(population_size=size, solution=template, **ctor)
+    except (AssertionError, TypeError, ValueError) as err:
+        detail = str(err) or type(err).__name__
+        raise InvalidProblemError(
+            f"`EvoSax({cls.__name__!r}, population_size={size}"
+            + "".join(f", {k}=..." for k in sorted(ctor))
+            + f")`: evosax refused the configuration: {detail}. Constructor arguments are "
+            "options: EvoSax(name, argument=value)."
+        ) from err
     dtypes = jax.tree.map(lambda x: x.dtype, u)
     program = GenerationProgram(algorithm, derivatives(problem.f, problem.sense), dtypes, spec)
     cache[key] = program
@@ -384,9 +381,6 @@ def _defaults(algorithm: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- one run
-
-
-_END = object()
 
 
 class _Run:

@@ -186,14 +186,25 @@ class GenerationProgram:
             if self.groups is not None:
                 mean = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.groups, *x.shape)), u)
             state = self.algorithm.init(init_key, mean, params)
-            return _strong(carry._replace(state=state)), None
+            return self._settled(carry._replace(state=state), p, lb, ub, params, tol), None
         draw_key, init_key = jax.random.split(init_key)
         population = self._first_population(draw_key, u, lb, ub, init_std)
         population, aux, fitness = self._evaluate(population, p)
         told = self._told(fitness, self._worst(carry, fitness))
         state = self.algorithm.init(init_key, population, told, params)
         carry = self._record(carry._replace(state=state), population, fitness, tol)
-        return _strong(carry), (population, fitness, aux)
+        return self._settled(carry, p, lb, ub, params, tol), (population, fitness, aux)
+
+    def _settled(self, carry: Carry, p, lb, ub, params, tol) -> Carry:
+        """`carry` with the types a generation gives back. evosax's `init` leaves some
+        leaves weakly typed (a counter from a Python 0) or in another dtype than its `tell`
+        returns (CMAAnchoredLES's float32 step size under JAX_ENABLE_X64): made alike here,
+        the fused loop accepts the carry and a fresh carry and a stepped one hit the same
+        compiled code."""
+        out = jax.eval_shape(lambda c: self._step(c, p, lb, ub, params, tol)[0], carry)
+        return jax.tree.map(
+            lambda x, s: jax.lax.convert_element_type(x, s.dtype), carry, out
+        )
 
     def _first_population(self, key, u, lb, ub, init_std):
         """`u0` and `size - 1` draws: uniform in the box, or around `u0`."""
@@ -240,9 +251,3 @@ class GenerationProgram:
 
         return jax.lax.while_loop(going, body, carry)
 
-
-def _strong(tree: Any) -> Any:
-    """`tree` with strongly typed leaves. evosax's `init` leaves some weakly typed (a
-    generation counter from a Python 0), its `tell` returns them strong: made alike here,
-    a fresh carry and a stepped one hit the same compiled code."""
-    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, jnp.result_type(x)), tree)
