@@ -332,6 +332,24 @@ def test_string_names_options_through_solve_and_constructor_arguments():
     assert resolve_algorithm("DiscoveredES") == resolve_algorithm("des")[:1] + ("DiscoveredES",)
 
 
+@pytest.mark.parametrize(
+    "name, options, per_generation",
+    [
+        # Stein variational: num_populations populations of population_size side by side.
+        ("SV_CMA_ES", dict(population_size=4, num_populations=2), 8),
+        # Its init leaves the step size in float32, its tell returns float64 under x64.
+        ("CMAAnchoredLES", dict(population_size=8), 8),
+    ],
+)
+def test_algorithms_with_their_own_shapes_and_dtypes(name, options, per_generation, x64):
+    if name == "CMAAnchoredLES" and not x64:
+        pytest.skip("the dtypes differ under JAX_ENABLE_X64 only")
+    sol = opf.solve(squares(), opf.EvoSax(name, **options), maxiters=3)
+    assert sol.retcode is opf.ReturnCode.MaxIters and np.all(np.isfinite(sol.u))
+    assert sol.stats.fevals == 3 * per_generation
+    assert sol.objective == pytest.approx(float(jnp.sum(jnp.asarray(sol.u) ** 2)), rel=1e-5)
+
+
 def test_unknown_names_and_options_list_close_matches():
     prob = squares()
     with pytest.raises(opf.InvalidProblemError, match=r"'CMAES'.*Did you mean 'CMA_ES'"):
