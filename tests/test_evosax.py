@@ -153,6 +153,19 @@ def test_callback_once_per_generation_exact_counts_and_termination():
         assert s.objective == pytest.approx(value(sphere(), s.u), rel=1e-5)
 
 
+def test_keyboard_interrupt_returns_the_best_so_far():
+    alg, _ = MATRIX["SNES"]
+
+    def callback(state, loss):
+        if state.iter == 5:
+            raise KeyboardInterrupt
+
+    with pytest.warns(UserWarning, match="interrupted"):
+        sol = opf.solve(sphere(), alg, maxiters=50, callback=callback)
+    assert sol.retcode is opf.ReturnCode.Terminated and "KeyboardInterrupt" in sol.message
+    assert sol.stats.iterations == 5 and np.isfinite(sol.objective)
+
+
 def stall_generation(best, tol, patience):
     """The first generation (1-based) where the best objective improved by at most `tol(b)`
     over the last `patience` generations."""
@@ -360,6 +373,8 @@ def test_unknown_names_and_options_list_close_matches():
         opf.solve(prob, opf.EvoSax("CMA_ES", std_int=0.5), maxiters=5)
     with pytest.raises(opf.InvalidProblemError, match=r"'learning_rate'"):
         opf.solve(prob, "evosax:PSO", maxiters=5, learning_rate=0.1)
+    with pytest.raises(opf.InvalidProblemError, match=r"init_std=.*std_init=..."):
+        opf.solve(prob, "evosax:CMA_ES", maxiters=5, init_std=0.5)
 
 
 @pytest.mark.parametrize(

@@ -100,8 +100,8 @@ class EvoSaxState(NamedTuple):
         state: the evosax state.
         key: the run's key.
         generation: generations since the first solve of the chain (they pick the keys).
-        losses: the best and worst finite fitness seen (signed).
-        best_u: the best candidate, flat.
+        losses: (2,) the best and worst finite fitness (`sign * fun`) seen.
+        best_u: (n,) the best candidate, flat.
     """
 
     state: Any
@@ -422,6 +422,13 @@ class _Run:
                                    problem.ub, self.u)
             box = all(np.all(np.isfinite(b)) for b in jax.tree.leaves((problem.lb, problem.ub)))
         population_based = _population_based(cls)
+        if ours["init_std"] is not None and not population_based:
+            raise InvalidProblemError(
+                f"`EvoSax({self.label!r}, init_std=...)` draws the first population of a "
+                f"population-based algorithm (DE, PSO, the GAs); {self.label} starts its "
+                "distribution at u0: set its spread with its own params field (e.g. "
+                "std_init=...)."
+            )
         stall = options.abstol is not None or options.reltol is not None
         spec = LoopSpec(
             population_based=population_based,
