@@ -36,62 +36,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from bench_nevergrad import lotka_volterra_problem, mlp_problem
 
 import optiframe as opf
 
 warnings.filterwarnings("ignore", module=r"(nevergrad|cma)\..*")
-
-
-# --------------------------------------------------------------------------- objectives
-
-
-def lotka_volterra_problem() -> tuple[Callable[..., Any], Any, Any, tuple[float, float]]:
-    import diffrax
-
-    ts = jnp.linspace(0.0, 100.0, 256)
-    y0 = jnp.array([10.0, 5.0])
-
-    def trajectory(theta):
-        a, b, c, d = theta[0], theta[1], theta[2], theta[3]
-
-        def field(t, y, args):
-            x, z = y[0], y[1]
-            return jnp.stack([a * x - b * x * z, -c * z + d * x * z])
-
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 100.0, 0.1, y0,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
-            max_steps=8192, throw=False,
-        )
-        return sol.ys
-
-    data = trajectory(jnp.array([0.5, 0.1, 0.5, 0.1]))
-
-    def loss(theta, data):
-        return jnp.mean((trajectory(theta) - data) ** 2)
-
-    return loss, jnp.array([0.4, 0.12, 0.6, 0.08]), data, (0.05, 1.0)
-
-
-def mlp_problem(
-    samples: int = 10_000, hidden: int = 32
-) -> tuple[Callable[..., Any], Any, Any, tuple[float, float]]:
-    key_x, key_w = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(key_x, (samples, 2), jnp.float32)
-    y = jnp.sin(2 * x[:, :1]) * jnp.cos(x[:, 1:])
-    sizes = (2, hidden, hidden, 1)
-    params = []
-    for k, (i, o) in zip(jax.random.split(key_w, 3), zip(sizes, sizes[1:])):
-        params.append({"w": jax.random.normal(k, (i, o)) / jnp.sqrt(i), "b": jnp.zeros(o)})
-
-    def loss(params, batch):
-        x, y = batch
-        for layer in params[:-1]:
-            x = jnp.tanh(x @ layer["w"] + layer["b"])
-        return jnp.mean((x @ params[-1]["w"] + params[-1]["b"] - y) ** 2)
-
-    return loss, params, (x, y), (-3.0, 3.0)
 
 
 # --------------------------------------------------------------------------- contenders

@@ -16,9 +16,9 @@ evaluation.
    - an MLP loss: a 2-32-32-1 tanh network (1,185 parameters) over 10,000 samples.
    "one at a time" asks the same batches and evaluates each candidate with one jitted call;
    "batched" is `opf.solve(..., Nevergrad("TwoPointsDE", num_workers=k, chunk=c))`: one
-   vmapped call per batch (c = None) or per c candidates, each started as soon as its
-   candidates are asked. The limit is what Nevergrad's ask/tell alone allows (the same loop
-   with an objective that costs nothing): evaluations per second can never exceed it.
+   jitted call per batch, vmapped over the whole batch (c = None) or over c candidates at a
+   time in a loop. The limit is what Nevergrad's ask/tell alone allows (the same loop with
+   an objective that costs nothing): evaluations per second can never exceed it.
    Target: batched >= 1.5x one-at-a-time at num_workers = 64 on the MLP.
 
 3. `--bounding`: the study behind `DEFAULT_BOUNDING` (median final value over seeds of each
@@ -164,11 +164,13 @@ def lotka_volterra_problem() -> tuple[Callable[..., Any], Any, Any, tuple[float,
     return loss, jnp.array([0.4, 0.12, 0.6, 0.08]), data, (0.05, 1.0)
 
 
-def mlp_problem() -> tuple[Callable[..., Any], Any, Any, tuple[float, float]]:
+def mlp_problem(
+    samples: int = 10_000, hidden: int = 32
+) -> tuple[Callable[..., Any], Any, Any, tuple[float, float]]:
     key_x, key_w = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(key_x, (10_000, 2), jnp.float32)
+    x = jax.random.normal(key_x, (samples, 2), jnp.float32)
     y = jnp.sin(2 * x[:, :1]) * jnp.cos(x[:, 1:])
-    sizes = (2, 32, 32, 1)
+    sizes = (2, hidden, hidden, 1)
     params = []
     for k, (i, o) in zip(jax.random.split(key_w, 3), zip(sizes, sizes[1:])):
         params.append({"w": jax.random.normal(k, (i, o)) / jnp.sqrt(i), "b": jnp.zeros(o)})
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--bounding", action="store_true", help="run the bounding study")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk", type=int, default=4, help="the MLP's chunked rows")
+    parser.add_argument("--chunk", type=int, default=8, help="the MLP's chunked rows")
     parser.add_argument("--only", choices=("overhead", "batching"), help="run one part")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, numpy {np.__version__}, backend {jax.default_backend()}")

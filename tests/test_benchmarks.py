@@ -54,7 +54,7 @@ def test_gradient_flow_benchmark_smoke_run(capsys):
 def test_nevergrad_benchmark_smoke_run(capsys):
     rows = load("bench_nevergrad").main(["--quick"])
     assert [name for name, _, _ in rows] == [
-        "overhead CMA", "batching MLP 10k k=8", "batching MLP 10k, chunk=4 k=8"
+        "overhead CMA", "batching MLP 10k k=8", "batching MLP 10k, chunk=8 k=8"
     ]
     assert all(ratio > 0 for _, ratio, _ in rows)
     out = capsys.readouterr().out

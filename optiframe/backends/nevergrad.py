@@ -3,13 +3,13 @@
 One run asks Nevergrad for a batch of candidates, evaluates the batch, tells Nevergrad every
 value, and repeats until the evaluation budget (`maxiters`) is spent:
 
-- an objective written in JAX (`ad="jax"`, the default) is evaluated a whole batch (or a
-  `chunk` of it) at a time, in one `jax.vmap`-ed, jitted call dispatched asynchronously
-  (`nevergrad_eval.JaxEvaluator`);
+- an objective written in JAX (`ad="jax"`, the default) is evaluated a whole batch at a
+  time, in one `jax.vmap`-ed, jitted call (`nevergrad_eval.JaxEvaluator`);
 - host code (`ad="finite"` or `ad=None`) is called once per candidate on NumPy
   (`nevergrad_eval.HostEvaluator`), or in parallel through an `executor`.
 
-Evaluations start as soon as their candidates are asked. After the budget, Nevergrad's
+Evaluations start as soon as their candidates are asked (a JAX batch once the whole batch
+is). After the budget, Nevergrad's
 recommendation is evaluated too; `sol.u` is the best point evaluated (for a deterministic
 objective), and the recommendation stays in `sol.original`. See docs/nevergrad.md.
 """
@@ -309,10 +309,10 @@ class Nevergrad(Algorithm):
             False: Nevergrad's steady state, tell each result as it arrives), `noisy`
             (False; True: the objective is stochastic, `sol.u` is Nevergrad's
             recommendation), `penalty_style` (see `PENALTY_STYLE`) and `chunk` (None: a
-            batch is one `jax.vmap`-ed call; an integer c: one call per c candidates, each
-            dispatched as soon as its candidates are asked, so Nevergrad's ask and tell
-            overlap the evaluation; faster for compute-bound objectives, and it bounds
-            memory). The same options may be given to `solve`.
+            batch is one `jax.vmap`; an integer: vmap that many candidates at a time, the
+            chunks looped inside the same jitted call, which keeps a compute-bound
+            evaluation in cache and bounds memory). The same options may be given to
+            `solve`.
 
     Raises:
         InvalidProblemError: a bad `seed`, `num_workers`, `executor` or option.
@@ -586,16 +586,16 @@ class _Run:
         )
         self.style = tuple(float(v) for v in settings["penalty_style"])
         # Candidates per evaluation call, started as soon as they are asked: a JAX call
-        # takes `chunk` of them (default: the whole batch), host code and an executor one.
+        # takes the whole batch, host code and an executor one candidate.
         if self.executor is not None:
             self.evaluator = ExecutorEvaluator(problem, self.space, self.executor)
-            self.chunk = 1
+            self.per_call = 1
         elif problem.f.ad != "jax":
             self.evaluator = HostEvaluator(problem, self.space)
-            self.chunk = 1
+            self.per_call = 1
         else:
-            self.chunk = min(settings["chunk"] or self.k, self.k)
-            self.evaluator = JaxEvaluator(problem, self.chunk)
+            self.evaluator = JaxEvaluator(problem, self.k, settings["chunk"])
+            self.per_call = self.k
 
     # -- setting up
 
@@ -761,10 +761,10 @@ class _Run:
 
     def _batched(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
         """Ask a batch, evaluate it, tell it, until the budget is spent. The evaluation of
-        each `chunk` of candidates starts as soon as they are asked, so Nevergrad's asks
-        overlap the evaluation of the earlier ones, and the tells of each chunk the
-        evaluation of the later ones; Nevergrad sees exactly the sequential ask-all,
-        tell-all order."""
+        each `self.per_call` candidates starts as soon as they are asked (with an executor,
+        each candidate's), so Nevergrad's asks overlap the evaluation of the earlier ones,
+        and the tells of each chunk the evaluation of the later ones; Nevergrad sees
+        exactly the sequential ask-all, tell-all order."""
         budget, maxtime = self.options.maxiters, self.options.maxtime
         while self.fevals < budget:
             candidates: list[Any] = []
@@ -775,15 +775,15 @@ class _Run:
                 if candidate is None:
                     break
                 candidates.append(candidate)
-                if len(candidates) % self.chunk == 0:
-                    started.append(self._start(candidates[-self.chunk :]))
+                if len(candidates) % self.per_call == 0:
+                    started.append(self._start(candidates[-self.per_call :]))
             if not candidates:
                 return ReturnCode.Success, (
                     f"{self.selected}'s own stopping rule ended it after {self.fevals} "
                     "evaluations"
                 )
-            if len(candidates) % self.chunk:
-                started.append(self._start(candidates[-(len(candidates) % self.chunk) :]))
+            if len(candidates) % self.per_call:
+                started.append(self._start(candidates[-(len(candidates) % self.per_call) :]))
             X, batches = [], []
             for chunk, points, box, pending in started:
                 batch = pending()

@@ -87,11 +87,14 @@ def aux_at(aux: Any, i: int) -> Any:
 
 
 class JaxProgram:
-    """`fun` (and `cons`) over `size` flat candidates: one `jax.vmap`-ed, jitted call. Built
-    once per (objective, sense, shapes of u0, size) and cached on the objective, so later
+    """`fun` (and `cons`) over `size` flat candidates: one jitted call, `jax.vmap`-ed over
+    all of them or, with `chunk`, over `chunk` at a time in a loop. Built once per
+    (objective, sense, shapes of u0, size, chunk) and cached on the objective, so later
     solves never trace again."""
 
-    def __init__(self, problem: OptimizationProblem, size: int, with_cons: bool) -> None:
+    def __init__(
+        self, problem: OptimizationProblem, size: int, with_cons: bool, chunk: int | None
+    ) -> None:
         derivs = derivatives(problem.f, problem.sense)
         zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), device_shapes(problem.u0))
         flat0, unravel = ravel(zeros)
@@ -105,7 +108,16 @@ class JaxProgram:
             c = jnp.atleast_1d(cons(u, p)).astype(loss.dtype) if cons is not None else None
             return loss, aux, c
 
-        self.evaluate = jax.jit(jax.vmap(one, in_axes=(0, None)))
+        if size == 1:  # no vmap: a batched while loop (an adaptive ODE solve) costs more
+            self.evaluate = jax.jit(
+                lambda X, p: jax.tree.map(lambda a: a[None], one(X[0], p))
+            )
+        elif chunk is None or chunk >= size:
+            self.evaluate = jax.jit(jax.vmap(one, in_axes=(0, None)))
+        else:  # vmap over `chunk` candidates at a time, the chunks in a loop, one call
+            self.evaluate = jax.jit(
+                lambda X, p: jax.lax.map(lambda x: one(x, p), X, batch_size=chunk)
+            )
 
     def __call__(self, X: np.ndarray, p: Any) -> tuple[Any, Any, Any]:
         """Dispatch the evaluation of the rows of `X` (at most `size`); returns at once."""
@@ -115,30 +127,30 @@ class JaxProgram:
         return self.evaluate(np.asarray(X, self.dtype), p)
 
 
-def jax_program(problem: OptimizationProblem, size: int) -> JaxProgram:
+def jax_program(problem: OptimizationProblem, size: int, chunk: int | None) -> JaxProgram:
     cache = problem.f._cache.setdefault("nevergrad", collections.OrderedDict())
     shapes = device_shapes(problem.u0)
     signature = (
         jax.tree.structure(shapes),
         tuple((s.shape, s.dtype) for s in jax.tree.leaves(shapes)),
     )
-    key = (problem.sense, signature, size, problem.has_constraints)
+    key = (problem.sense, signature, size, problem.has_constraints, chunk)
     if key in cache:
         cache.move_to_end(key)
     else:
-        cache[key] = JaxProgram(problem, size, problem.has_constraints)
+        cache[key] = JaxProgram(problem, size, problem.has_constraints, chunk)
         if len(cache) > _CACHE_SIZE:
             cache.popitem(last=False)
     return cache[key]
 
 
 class JaxEvaluator:
-    """Up to `size` candidates in one vmapped, jitted call of `fun` (and `cons`), dispatched
-    asynchronously: the host goes on while the device evaluates."""
+    """Up to `size` candidates in one jitted call of `fun` (and `cons`), vmapped over all of
+    them or over `chunk` at a time, dispatched asynchronously."""
 
-    def __init__(self, problem: OptimizationProblem, size: int) -> None:
+    def __init__(self, problem: OptimizationProblem, size: int, chunk: int | None) -> None:
         self.problem, self.sign = problem, problem.sense.sign
-        self.program = jax_program(problem, size)
+        self.program = jax_program(problem, size, chunk)
         self._checked = not problem.has_constraints
 
     def start(self, X: np.ndarray) -> Pending:
