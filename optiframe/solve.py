@@ -214,6 +214,7 @@ _FEATURES = {
 
 def _who_can(test: Callable[[Algorithm], bool]) -> str:
     names = [name for name, alg in registered_algorithms().items() if test(alg)]
+    names.sort(key=lambda name: (":" in name, name))  # plain names before "backend:NAME"
     if not names:
         return "none is registered yet"
     shown = ", ".join(repr(n) for n in names[:10])

@@ -226,8 +226,9 @@ def violation(problem: OptimizationProblem, objective: HostObjective, x: np.ndar
 
 
 def feasibility_tolerance(objective: HostObjective) -> float:
-    """How much relative violation counts as rounding: 1e-6, or 10 ulps of JAX's float."""
-    return max(1e-6, 10 * float(np.finfo(objective.dtype).eps))
+    """How much relative violation counts as rounding: 1e-6, or 32 ulps of JAX's float (a
+    float32 constraint of a few operations, HS71's product of four, is off by ~15)."""
+    return max(1e-6, 32 * float(np.finfo(objective.dtype).eps))
 
 
 class HostRun:
@@ -335,6 +336,7 @@ class HostRun:
         worst = violation(self.problem, obj, x)
         if worst > feasibility_tolerance(obj) and retcode in (
             ReturnCode.Success,
+            ReturnCode.MaxIters,
             ReturnCode.Stalled,
             ReturnCode.Failure,
         ):
