@@ -5,11 +5,20 @@ written with optiframe, diffrax and a small pure-JAX MLP:
 
 1. data: Lotka–Volterra (α, β, δ, γ = 1.5, 1.0, 3.0, 1.0), u0 = (1, 1), 32 points on [0, 2];
 2. model: du/dt = MLP(u), an MLP 2-32-32-2 with tanh;
-3. Adam(1e-3) for 25 epochs over an `opf.DataLoader` of 8-point time windows, each window
-   integrated from its first point (a callback prints every 25 iterations);
-4. L-BFGS on the full trajectory (25 iterations);
-5. `remake(u0=...)` and Adam(5e-3) on the full trajectory, keeping the best iterate;
+3. phase 1/3: Adam(1e-3) for 25 epochs over an `opf.DataLoader` of 8-point time windows
+   (4 consecutive windows, in order: 100 iterations), each window integrated from its first
+   point;
+4. phase 2/3: SciPy's L-BFGS-B (`--lbfgs optax`: `optax.lbfgs()`) on the full trajectory,
+   at most 25 iterations;
+5. phase 3/3: `remake(u0=...)` and Adam(5e-3) on the full trajectory for 1,500 iterations,
+   keeping the best iterate;
 6. a PNG of the data against the fitted model; the final loss (full-data MSE) printed.
+
+The output has a header line per phase, and a callback prints the loss at iteration 1 and
+every 25 iterations. In phase 1 that loss is the MSE of the current window only: a window
+is a short stretch of the trajectory (8 of the 32 points), integrated from its own first
+data point, while the full-data MSE printed after the phase integrates from u(0) over all
+of [0, 2]. They are losses on different data, so the two numbers differ.
 
 Where it departs from the tutorial, and why (see docs/neural_ode.md):
 - the weights use Lux 1.x's default `Dense` initialisation (Kaiming-uniform, gain 5/3 for
@@ -24,8 +33,8 @@ reverse-mode through the solver steps with checkpointing. On a 2-state system it
 the fastest and the most accurate choice; `BacksolveAdjoint` would integrate backwards
 through a non-dissipative system and add its own error.
 
-JAX's persistent compilation cache (`--cache-dir`) makes a second run start fast. The
-example runs on a GPU whenever JAX sees one, with no change.
+JAX's persistent compilation cache (`--cache-dir`, default `~/.cache/optiframe/jax`) makes
+a second run start fast. The example runs on a GPU whenever JAX sees one, with no change.
 
 Run: python examples/neural_ode_lotka_volterra.py [--quick] [--output fit.png]
 """
@@ -117,10 +126,17 @@ def loss(params, batch):
 OBJECTIVE = opf.OptimizationFunction(loss)
 
 
-def printer(every: int, label: str):
+def printer(every: int, windows: bool = False):
+    """A callback printing the loss at iteration 1 and every `every` iterations; with
+    `windows`, the loss is one window's and the line names the window's time span."""
+
     def callback(state, loss):
         if state.iter == 1 or state.iter % every == 0:
-            print(f"  {label} iteration {state.iter:5d}, loss {loss:.6e}")
+            where = ""
+            if windows:
+                t = state.p[1]
+                where = f" (window t = {float(t[0]):.2f}..{float(t[-1]):.2f})"
+            print(f"  iteration {state.iter:5d}, loss {loss:.6e}{where}")
 
     return callback
 
@@ -140,24 +156,50 @@ def fit(
 ) -> dict[str, object]:
     """Run the three phases; returns the losses, the times and the solutions."""
     u, t = make_data()
-    loader = opf.DataLoader((u, t), batch_size=8)
-    callback = printer(every, "") if verbose else None
+    window, adam_lr, final_lr = 8, 1e-3, 5e-3
+    loader = opf.DataLoader((u, t), batch_size=window)
+    n, span = len(t), f"t = {float(t[0]):g}..{float(t[-1]):g}"
+    say = print if verbose else (lambda *args: None)
     times, losses = {}, {}
 
+    say(
+        f"phase 1/3: Adam (learning rate {adam_lr:g}) on {window}-point windows, "
+        f"{adam_epochs} epochs x {len(loader)} windows = {adam_epochs * len(loader)} iterations"
+    )
+    say(
+        "  the losses printed in this phase are window (minibatch) losses: each is the MSE on\n"
+        f"  one window, {window} consecutive points of the {n}, integrated from the window's "
+        "first point;\n"
+        f"  the full-data MSE printed after the phase integrates from u(0) over all {n} points "
+        f"({span}):\n"
+        "  losses on different data, so the two kinds of numbers differ"
+    )
     tic = time.perf_counter()
     prob = opf.OptimizationProblem(OBJECTIVE, init_mlp(jax.random.key(seed)), loader)
-    adam = opf.solve(prob, optax.adam(1e-3), epochs=adam_epochs, callback=callback)
+    callback = printer(every, windows=True) if verbose else None
+    adam = opf.solve(prob, optax.adam(adam_lr), epochs=adam_epochs, callback=callback)
     times["adam"], losses["adam"] = time.perf_counter() - tic, float(loss(adam.u, (u, t)))
+    say(f"  after phase 1: full-data MSE {losses['adam']:.6e}")
 
+    callback = printer(every) if verbose else None
+    name = "optax.lbfgs()" if lbfgs == "optax" else "SciPy L-BFGS-B"
+    say(
+        f"phase 2/3: {name} on the full data ({n} points, {span}), at most {lbfgs_iters} "
+        "iterations; losses are full-data MSE"
+    )
     tic = time.perf_counter()
     full = prob.remake(u0=adam.u, p=(u, t))
     tuned = opf.solve(full, lbfgs_algorithm(lbfgs), maxiters=lbfgs_iters, callback=callback)
     times["lbfgs"], losses["lbfgs"] = time.perf_counter() - tic, tuned.objective
 
+    say(
+        f"phase 3/3: Adam (learning rate {final_lr:g}) on the full data, {final_iters} "
+        "iterations, keeping the best iterate; losses are full-data MSE"
+    )
     tic = time.perf_counter()
     final = opf.solve(
         full.remake(u0=tuned.u),
-        optax.adam(5e-3),
+        optax.adam(final_lr),
         maxiters=final_iters,
         callback=callback,
         save_best=True,
@@ -216,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "--cache-dir",
         type=pathlib.Path,
         default=pathlib.Path.home() / ".cache" / "optiframe" / "jax",
+        help="JAX's persistent compilation cache (default: ~/.cache/optiframe/jax)",
     )
     args = parser.parse_args(argv)
     if args.quick:

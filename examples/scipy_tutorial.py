@@ -75,6 +75,20 @@ def beale(u, p):
     return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
+def plot_window(
+    paths: list[np.ndarray], pad: float = 0.1, least=((-1.0, 4.5), (-1.5, 2.0))
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (x, y) ranges of a plot that shows every point of `paths` ((k, 2) arrays): their
+    min and max, padded by `pad` of the span on each side, and at least `least`."""
+    points = np.concatenate([np.asarray(path, dtype=float) for path in paths])
+    low, high = points.min(axis=0), points.max(axis=0)
+    margin = pad * (high - low)
+    return tuple(
+        (float(min(lo - m, least_lo)), float(max(hi + m, least_hi)))
+        for lo, hi, m, (least_lo, least_hi) in zip(low, high, margin, least)
+    )
+
+
 def method_comparison(output: pathlib.Path | None) -> dict[str, opf.OptimizationSolution]:
     """L-BFGS-B, SLSQP and Powell on Beale from inside its bounds; their paths plotted."""
     prob = opf.OptimizationProblem(beale, jnp.array([0.5, 0.5]), lb=-4.5, ub=4.5)
@@ -93,13 +107,16 @@ def method_comparison(output: pathlib.Path | None) -> dict[str, opf.Optimization
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        xs, ys = np.meshgrid(np.linspace(-1, 4.5, 200), np.linspace(-1.5, 2, 200))
-        zs = np.vectorize(lambda a, b: float(beale(jnp.array([a, b]), None)))(xs, ys)
+        (x0, x1), (y0, y1) = plot_window([*paths.values(), np.array([[3.0, 0.5]])])
+        xs, ys = np.meshgrid(np.linspace(x0, x1, 200), np.linspace(y0, y1, 200))
+        zs = beale((xs, ys), None)  # NumPy arrays: the whole grid in one call
         fig, ax = plt.subplots(figsize=(6, 4.5))
         ax.contour(xs, ys, np.log10(zs + 1e-12), levels=30, cmap="Greys", linewidths=0.6)
         for name, path in paths.items():
             ax.plot(path[:, 0], path[:, 1], marker=".", label=name)
         ax.plot(3.0, 0.5, "k*", markersize=12, label="optimum (3, 0.5)")
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
         ax.set_title("Beale: paths of three SciPy methods")
         ax.legend(fontsize=8)
         fig.tight_layout()
