@@ -3,7 +3,8 @@ user's own, always for *minimising* `sign * fun` (sign = -1 under `MaxSense`).
 
 Every function here takes the iterate `u` as a pytree shaped like `u0`; Hessians and
 constraint Jacobians are matrices in the flat order of `ravel(u)`. The functions are pure
-and unjitted: backends jit them inside their own loops.
+and unjitted: backends jit them inside their own loops. `answer` gives the jitted
+derivatives of `fun` itself that `f.grad`, `f.hess`, ... call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ObjectiveError
+from .errors import ObjectiveError, UnsupportedFeatureError
 from .flat import host_unraveler, ravel
 from .problem import ObjSense, OptimizationFunction
 
@@ -27,15 +28,15 @@ class Derivatives:
 
     Attributes:
         sign: +1 to minimise `fun`, -1 to maximise it.
-        value_aux: `(u, p) -> (sign * fun, aux)`; aux is None without `has_aux`.
-        value: `(u, p) -> sign * fun`, a scalar.
+        value_aux: `(u, p) -> (sign * fun, aux)`, the loss a JAX scalar (also where
+            `fun` returns a Python float); aux is None without `has_aux`.
+        value: `(u, p) -> sign * fun`, a JAX scalar.
         value_and_grad: `(u, p) -> ((loss, aux), grad)` in one fused call.
         hvp: `(u, v, p) -> H v`, shaped like `u`.
         hess: `(u, p) -> (n, n)`.
         cons: `(u, p) -> (m,)`, never negated.
         cons_jac: `(u, p) -> (m, n)`.
-        fevals_per_grad: calls of `fun` one `value_and_grad` costs (1, or 1 + 2n with
-            finite differences in n variables).
+        finite: `value_and_grad` is by finite differences (ad="finite", no `grad` given).
     """
 
     sign: float
@@ -49,11 +50,17 @@ class Derivatives:
     finite: bool = False
 
     def fevals_per_grad(self, n: int) -> int:
+        """Calls of `fun` one `value_and_grad` costs in n variables: 1, or 1 + 2n with
+        finite differences."""
         return 1 + 2 * n if self.finite else 1
 
 
 def derivatives(f: OptimizationFunction, sense: ObjSense) -> Derivatives:
-    """The derivatives of `f` for `sense`, built once per function and cached on it."""
+    """The derivatives of `f` for `sense`, built once per function and cached in the dict
+    shared by every `OptimizationFunction` of the same callables (`f._cache`).
+
+    They reach the user's callables through weak references (so that the cache dies with
+    `fun`): use them while `f` is alive."""
     key = ("derivatives", sense)
     if key not in f._cache:
         f._cache[key] = _build(f, sense.sign)
@@ -65,77 +72,110 @@ def _scaled(sign: float, tree: Any) -> Any:
 
 
 def _build(f: OptimizationFunction, sign: float) -> Derivatives:
-    if f.ad == "finite":
-        return _finite(f, sign)
+    # The closures hold `f._calls` (weak references where the cache is shared), never `f`:
+    # the result is cached for `fun` and must not keep it alive.
+    c, ad, has_aux = f._calls, f.ad, f.has_aux
+    derived: dict[str, Callable[..., Any]] = {}
+    if ad == "finite":
+        value, derived = _finite(c.fun, sign)
 
-    def value_aux(u, p):
-        out = f.fun(u, p)
-        loss, aux = out if f.has_aux else (out, None)
-        return sign * loss, aux
+        def value_aux(u, p):
+            return value(u, p), None
 
-    def value(u, p):
-        return value_aux(u, p)[0]
+    else:
 
-    value_and_grad = hvp = hess = cons_jac = None
-    if f.grad is not None:
+        def value_aux(u, p):
+            out = c.fun(u, p)
+            loss, aux = out if has_aux else (out, None)
+            return jnp.asarray(sign * loss), aux  # an array even where fun returns a float
+
+        def value(u, p):
+            return value_aux(u, p)[0]
+
+        if ad == "jax":
+            derived = _derived(value_aux, value, c.cons)
+
+    if c.grad is not None:
 
         def value_and_grad(u, p):
-            return value_aux(u, p), _scaled(sign, f.grad(u, p))
+            return value_aux(u, p), _scaled(sign, c.grad(u, p))
 
-    elif f.ad == "jax":
-        value_and_grad = jax.value_and_grad(value_aux, has_aux=True)
+    else:
+        value_and_grad = derived.get("value_and_grad")
 
-    if f.hess is not None:
-
-        def hess(u, p):
-            return sign * jnp.asarray(f.hess(u, p))
-
-    elif f.ad == "jax":
+    if c.hess is not None:
 
         def hess(u, p):
-            x, unravel = ravel(u)
-            return jax.hessian(lambda x: value(unravel(x), p))(x)
+            return sign * jnp.asarray(c.hess(u, p))
 
-    if f.hvp is not None:
+    else:
+        hess = derived.get("hess")
+
+    if c.hvp is not None:
 
         def hvp(u, v, p):
-            return _scaled(sign, f.hvp(u, v, p))
+            return _scaled(sign, c.hvp(u, v, p))
 
-    elif f.hess is not None:
+    elif c.hess is not None:
 
         def hvp(u, v, p):
             vx, unravel = ravel(v)
             return unravel(hess(u, p) @ vx)
 
-    elif f.ad == "jax":
+    else:
+        hvp = derived.get("hvp")
 
-        def hvp(u, v, p):
-            grad = lambda w: jax.grad(value)(w, p)  # noqa: E731
-            return jax.jvp(grad, (u,), (v,))[1]
-
-    cons = f.cons
-    if f.cons_jac is not None:
+    if c.cons_jac is not None:
 
         def cons_jac(u, p):
-            return jnp.asarray(f.cons_jac(u, p))
+            return jnp.asarray(c.cons_jac(u, p))
 
-    elif cons is not None and f.ad == "jax":
+    else:
+        cons_jac = derived.get("cons_jac")
+
+    finite = ad == "finite" and c.grad is None
+    return Derivatives(
+        sign, value_aux, value, value_and_grad, hvp, hess, c.cons, cons_jac, finite=finite
+    )
+
+
+def _derived(
+    value_aux: Callable[..., Any], value: Callable[..., Any], cons: Callable[..., Any] | None
+) -> dict[str, Callable[..., Any]]:
+    """value_and_grad, hess, hvp and (with `cons`) cons_jac derived with JAX."""
+
+    def hess(u, p):
+        x, unravel = ravel(u)
+        return jax.hessian(lambda x: value(unravel(x), p))(x)
+
+    def hvp(u, v, p):
+        grad = lambda w: jax.grad(value)(w, p)  # noqa: E731
+        return jax.jvp(grad, (u,), (v,))[1]
+
+    derived = dict(
+        value_and_grad=jax.value_and_grad(value_aux, has_aux=True), hess=hess, hvp=hvp
+    )
+    if cons is not None:
 
         def cons_jac(u, p):
             x, unravel = ravel(u)
             return jax.jacrev(lambda x: jnp.atleast_1d(cons(unravel(x), p)))(x)
 
-    return Derivatives(sign, value_aux, value, value_and_grad, hvp, hess, cons, cons_jac)
+        derived["cons_jac"] = cons_jac
+    return derived
 
 
-def _finite(f: OptimizationFunction, sign: float) -> Derivatives:
-    """Central differences on the host, reached from JAX through `pure_callback`."""
+def _finite(
+    fun: Callable[..., Any], sign: float
+) -> tuple[Callable[..., Any], dict[str, Callable[..., Any]]]:
+    """The value and value_and_grad, hess, hvp by central differences on the host, reached
+    from JAX through `pure_callback`."""
 
     # JAX hands callbacks JAX arrays; the user's NumPy code gets NumPy (float64 for u).
     host = lambda x, p: (np.asarray(x, float), jax.tree.map(np.asarray, p))  # noqa: E731
 
     def host_value(x: np.ndarray, p, unravel) -> float:
-        return sign * float(f.fun(unravel(x), p))
+        return sign * float(fun(unravel(x), p))
 
     def host_grad(x: np.ndarray, p, unravel) -> np.ndarray:
         g = np.empty_like(x)
@@ -155,9 +195,6 @@ def _finite(f: OptimizationFunction, sign: float) -> Derivatives:
     def grad_flat(x, unravel, p):
         fn = lambda x, p: host_grad(*host(x, p), unravel).astype(x.dtype)  # noqa: E731
         return jax.pure_callback(fn, jax.ShapeDtypeStruct(x.shape, x.dtype), x, p)
-
-    def value_aux(u, p):
-        return value(u, p), None
 
     def value_and_grad(u, p):
         x, unravel = ravel(u)
@@ -185,12 +222,77 @@ def _finite(f: OptimizationFunction, sign: float) -> Derivatives:
         diff = grad_flat(x + h * vx, host, p) - grad_flat(x - h * vx, host, p)
         return unravel(diff / (2 * h))
 
-    cons_jac = None
-    if f.cons_jac is not None:
-        cons_jac = lambda u, p: jnp.asarray(f.cons_jac(u, p))  # noqa: E731
-    return Derivatives(
-        sign, value_aux, value, value_and_grad, hvp, hess, f.cons, cons_jac, finite=True
-    )
+    return value, dict(value_and_grad=value_and_grad, hess=hess, hvp=hvp)
+
+
+def answer(f: OptimizationFunction, name: str) -> Callable[..., Any]:
+    """The jitted derivative of `fun` itself (not negated) that `f.<name>` calls: `name` is
+    "grad", "value_and_grad", "hess", "hvp", "cons_jac" or "cons_hess". Built once per
+    function and cached in `f._cache`, so every wrapper of `fun` reuses it.
+
+    Raises:
+        UnsupportedFeatureError: `f` has no such derivative; the message names the fix.
+    """
+    key = ("answer", name)
+    if key not in f._cache:
+        f._cache[key] = jax.jit(_answer(f, name))
+    return f._cache[key]
+
+
+_MISSING = {  # name -> (what is missing, what to pass)
+    "grad": ("gradient", "grad=..."), "value_and_grad": ("gradient", "grad=..."),
+    "hess": ("Hessian", "hess=..."), "hvp": ("Hessian-vector product", "hvp=... or hess=..."),
+    "cons_jac": ("constraint Jacobian", "cons_jac=..."),
+    "cons_hess": ("constraint Hessians", "cons_hess=..."),
+}
+
+
+def _answer(f: OptimizationFunction, name: str) -> Callable[..., Any]:
+    """The unjitted `answer(f, name)`."""
+    d, c = derivatives(f, ObjSense.MinSense), f._calls
+    if name.startswith("cons") and c.cons is None:
+        raise UnsupportedFeatureError(
+            f"`f.{name}(u, p)`: the OptimizationFunction has no constraints; pass "
+            "OptimizationFunction(fun, cons=...)."
+        )
+    if name == "cons_hess":
+        fn = c.cons_hess if c.cons_hess is not None else _cons_hess(c.cons, f.ad)
+    elif name in ("grad", "value_and_grad"):
+        fn = d.value_and_grad
+    else:
+        fn = getattr(d, name)
+    if fn is None:
+        what, fix = _MISSING[name]
+        raise UnsupportedFeatureError(
+            f"`f.{name}(...)`: OptimizationFunction(ad={f.ad!r}) has no {what}; pass "
+            f"OptimizationFunction(fun, {fix}), or use ad='jax'."
+        )
+    if name == "grad":
+        if c.grad is not None:  # without evaluating fun
+            return lambda u, p: c.grad(u, p)
+        return lambda u, p: fn(u, p)[1]
+    if name == "value_and_grad":
+
+        def value_and_grad(u, p):
+            (loss, _), grad = fn(u, p)
+            return loss, grad
+
+        return value_and_grad
+    if name == "hvp":
+        return lambda u, p, v: fn(u, v, p)
+    return lambda u, p: jnp.asarray(fn(u, p))
+
+
+def _cons_hess(cons: Callable[..., Any], ad: str | None) -> Callable[..., Any] | None:
+    """The constraints' Hessians (m, n, n) derived with JAX; None unless ad="jax"."""
+    if ad != "jax":
+        return None
+
+    def cons_hess(u, p):
+        x, unravel = ravel(u)
+        return jax.hessian(lambda x: jnp.atleast_1d(cons(unravel(x), p)))(x)
+
+    return cons_hess
 
 
 _TRACE_ERRORS = (

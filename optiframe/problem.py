@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,11 +31,105 @@ MinSense = ObjSense.MinSense
 MaxSense = ObjSense.MaxSense
 
 _AD_MODES = ("jax", "finite", None)
+_SUPPLIED = ("grad", "hess", "hvp", "cons_jac", "cons_hess")
+
+# The compiled programs of every user function: `fun` (a bound method's `__self__`) ->
+# {(method's function, ad, has_aux, weak references to cons and the supplied derivatives):
+# the cache dict}. An entry dies with its function, so what a cache holds must reach the
+# user's callables only weakly (`OptimizationFunction._calls`), never through the wrapper.
+_CACHES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], dict[Any, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
+class Supplied:
+    """The derivatives given to `OptimizationFunction`, None where not given (conventions
+    as in its Args)."""
+
+    grad: Callable[..., Any] | None = None
+    hess: Callable[..., Any] | None = None
+    hvp: Callable[..., Any] | None = None
+    cons_jac: Callable[..., Any] | None = None
+    cons_hess: Callable[..., Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Calls:
+    """The user's callables as a cached program may hold them: called through weak
+    references when the cache is shared, the callables themselves when it is the wrapper's."""
+
+    fun: Callable[..., Any]
+    cons: Callable[..., Any] | None
+    grad: Callable[..., Any] | None
+    hess: Callable[..., Any] | None
+    hvp: Callable[..., Any] | None
+    cons_jac: Callable[..., Any] | None
+    cons_hess: Callable[..., Any] | None
+
+
+class _WeakCall:
+    """Calls a function through a weak reference."""
+
+    def __init__(self, ref: weakref.ref) -> None:
+        self.ref = ref
+
+    def __call__(self, *args: Any) -> Any:
+        target = self.ref()
+        if target is None:
+            raise ReferenceError(
+                "The function behind these cached derivatives was garbage-collected; keep "
+                "the OptimizationFunction (or its callables) alive while using them."
+            )
+        return target(*args)
+
+
+def _weak(c: Callable[..., Any]) -> weakref.ref | None:
+    """A weak reference to `c` that compares by identity (a bound method: by its object and
+    function), or None where there is none."""
+    method = isinstance(c, types.MethodType)
+    if type(c.__self__ if method else c).__eq__ is not object.__eq__:
+        return None  # equal but distinct objects must not share one entry
+    try:
+        return weakref.WeakMethod(c) if method else weakref.ref(c)
+    except TypeError:
+        return None
+
+
+def _shared_cache(
+    fun: Callable[..., Any], ad: str | None, has_aux: bool, named: dict[str, Any]
+) -> tuple[dict[Any, Any], _Calls]:
+    """The cache of every `OptimizationFunction` of these callables and settings, and the
+    callables as it may hold them; a cache of the wrapper's own where `fun` or a supplied
+    callable cannot be weakly referenced by identity."""
+    own: tuple[dict[Any, Any], _Calls] = ({}, _Calls(fun, **named))
+    fun_ref = _weak(fun)
+    refs = {name: _weak(c) for name, c in named.items() if c is not None}
+    if fun_ref is None or None in refs.values():
+        return own
+    method = isinstance(fun, types.MethodType)
+    key = (fun.__func__ if method else None, ad, has_aux, tuple(map(refs.get, named)))
+    try:
+        by_settings = _CACHES.setdefault(fun.__self__ if method else fun, {})
+        # Entries whose supplied callables died can no longer be reached: drop them.
+        for dead in [k for k in by_settings if any(r is not None and r() is None for r in k[3])]:
+            del by_settings[dead]
+        cache = by_settings.setdefault(key, {})
+    except TypeError:  # unhashable
+        return own
+    weak = {name: _WeakCall(ref) for name, ref in refs.items()}
+    return cache, _Calls(_WeakCall(fun_ref), **{name: weak.get(name) for name in named})
+
+
 class OptimizationFunction:
     """The objective, its derivatives and the constraints.
+
+    The function answers with whichever derivative applies (the supplied one, else derived
+    with JAX, or finite differences with ad="finite"): `f.grad(u, p)`,
+    `f.value_and_grad(u, p)`, `f.hess(u, p)`, `f.hvp(u, p, v)`, `f.cons_jac(u, p)`,
+    `f.cons_hess(u, p)`; these are derivatives of `fun` itself, jitted once per function.
+    Compiled programs belong to the user's `fun`: every `OptimizationFunction` of the same
+    callables and settings shares them (in `f._cache`), and they die with `fun`.
 
     Args:
         fun: `fun(u, p) -> scalar`, or `(scalar, aux)` with `has_aux=True`. `u` is a pytree
@@ -43,7 +139,8 @@ class OptimizationFunction:
             derivatives must be given or the solver must be derivative-free.
         grad: `grad(u, p) -> pytree like u`, overrides the derived gradient.
         hess: `hess(u, p) -> (n, n)` in the flat order of `u` (see `ravel_pytree`).
-        hvp: `hvp(u, v, p) -> pytree like u`, the Hessian times `v`.
+        hvp: `hvp(u, v, p) -> pytree like u`, the Hessian times `v`. Note the order: the
+            answering method is `f.hvp(u, p, v)`, the supplied `hvp` takes `(u, v, p)`.
         cons: `cons(u, p) -> (m,)` constraint values, bounded by the problem's
             `lcons <= cons <= ucons`.
         cons_jac: `cons_jac(u, p) -> (m, n)`, overrides the derived constraint Jacobian.
@@ -51,46 +148,146 @@ class OptimizationFunction:
         has_aux: `fun` returns `(loss, aux)`; derivatives ignore `aux`, callbacks see it
             as `state.aux`.
 
+    `f.fun`, `f.ad`, `f.cons` and `f.has_aux` are as given; `f.supplied` holds the given
+    `grad`, `hess`, `hvp`, `cons_jac` and `cons_hess` (a `Supplied`).
+
     Example:
         >>> f = OptimizationFunction(lambda u, p: ((u - p) ** 2).sum())
+        >>> f.grad(jnp.zeros(2), 1.0)
+        Array([-2., -2.], dtype=float32)
     """
 
-    fun: Callable[..., Any]
-    ad: str | None = "jax"
-    grad: Callable[..., Any] | None = None
-    hess: Callable[..., Any] | None = None
-    hvp: Callable[..., Any] | None = None
-    cons: Callable[..., Any] | None = None
-    cons_jac: Callable[..., Any] | None = None
-    cons_hess: Callable[..., Any] | None = None
-    has_aux: bool = False
+    __slots__ = ("fun", "ad", "cons", "has_aux", "supplied", "_calls", "_cache")
 
-    def __post_init__(self) -> None:
-        if not callable(self.fun):
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        ad: str | None = "jax",
+        *,
+        grad: Callable[..., Any] | None = None,
+        hess: Callable[..., Any] | None = None,
+        hvp: Callable[..., Any] | None = None,
+        cons: Callable[..., Any] | None = None,
+        cons_jac: Callable[..., Any] | None = None,
+        cons_hess: Callable[..., Any] | None = None,
+        has_aux: bool = False,
+    ) -> None:
+        if not callable(fun):
             raise InvalidProblemError(
                 f"`OptimizationFunction(fun=...)` must be callable as fun(u, p), got "
-                f"{type(self.fun).__name__}."
+                f"{type(fun).__name__}."
             )
-        if self.ad not in _AD_MODES:
+        if ad not in _AD_MODES:
             raise InvalidProblemError(
-                f"`OptimizationFunction(ad={self.ad!r})` is not one of "
+                f"`OptimizationFunction(ad={ad!r})` is not one of "
                 f"{', '.join(map(repr, _AD_MODES))}."
             )
+        named = dict(cons=cons, grad=grad, hess=hess, hvp=hvp, cons_jac=cons_jac,
+                     cons_hess=cons_hess)
         for name in ("grad", "hess", "hvp", "cons", "cons_jac", "cons_hess"):
-            value = getattr(self, name)
+            value = named[name]
             if value is not None and not callable(value):
                 raise InvalidProblemError(
                     f"`OptimizationFunction({name}=...)` must be callable, got "
                     f"{type(value).__name__}."
                 )
-        if self.has_aux and self.ad == "finite":
+        if has_aux and ad == "finite":
             raise InvalidProblemError(
                 "`OptimizationFunction(has_aux=True)` needs ad='jax': finite differences "
                 "cannot tell the loss from the auxiliary output."
             )
-        # Jitted derivatives are cached here, keyed by what they depend on, so that
-        # every solve of a problem built on this function reuses the compiled code.
-        object.__setattr__(self, "_cache", {})
+        # Jitted derivatives and the backends' programs are cached in `_cache`, keyed by
+        # what they depend on; it is shared by every wrapper of the same callables.
+        cache, calls = _shared_cache(fun, ad, has_aux, named)
+        values = dict(
+            fun=fun, ad=ad, cons=cons, has_aux=has_aux,
+            supplied=Supplied(**{name: named[name] for name in _SUPPLIED}),
+            _calls=calls, _cache=cache,
+        )
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            "OptimizationFunction is immutable; build a new one (it shares the compiled code "
+            "of `fun`)."
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("OptimizationFunction is immutable.")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        supplied = {name: getattr(self.supplied, name) for name in _SUPPLIED}
+        return _rebuild, (self.fun, self.ad, self.cons, self.has_aux, supplied)
+
+    def __repr__(self) -> str:
+        given = [name for name in _SUPPLIED if getattr(self.supplied, name) is not None]
+        cons = "" if self.cons is None else f", cons={self.cons!r}"
+        extra = f", supplied={given}" if given else ""
+        return (
+            f"OptimizationFunction(fun={self.fun!r}, ad={self.ad!r}{cons}, "
+            f"has_aux={self.has_aux}{extra})"
+        )
+
+    def grad(self, u: Any, p: Any) -> Any:
+        """The gradient of `fun` at `u`, a pytree like `u`.
+
+        Raises:
+            UnsupportedFeatureError: with ad=None and no `grad` supplied.
+        """
+        return self._answer("grad")(u, p)
+
+    def value_and_grad(self, u: Any, p: Any) -> tuple[jax.Array, Any]:
+        """`(fun(u, p), grad)` in one call; with `has_aux` the value is the loss alone.
+
+        Raises:
+            UnsupportedFeatureError: with ad=None and no `grad` supplied.
+        """
+        return self._answer("value_and_grad")(u, p)
+
+    def hess(self, u: Any, p: Any) -> jax.Array:
+        """The Hessian of `fun` at `u`, (n, n) in the flat order of `u`.
+
+        Raises:
+            UnsupportedFeatureError: with ad=None and no `hess` supplied.
+        """
+        return self._answer("hess")(u, p)
+
+    def hvp(self, u: Any, p: Any, v: Any) -> Any:
+        """The Hessian of `fun` at `u` times `v` (a pytree like `u`), a pytree like `u`.
+
+        Raises:
+            UnsupportedFeatureError: with ad=None and neither `hvp` nor `hess` supplied.
+        """
+        return self._answer("hvp")(u, p, v)
+
+    def cons_jac(self, u: Any, p: Any) -> jax.Array:
+        """The Jacobian of `cons` at `u`, (m, n) in the flat order of `u`.
+
+        Raises:
+            UnsupportedFeatureError: without `cons`, or with ad other than "jax" and no
+                `cons_jac` supplied.
+        """
+        return self._answer("cons_jac")(u, p)
+
+    def cons_hess(self, u: Any, p: Any) -> jax.Array:
+        """The Hessians of the constraints at `u`, (m, n, n) in the flat order of `u`.
+
+        Raises:
+            UnsupportedFeatureError: without `cons`, or with ad other than "jax" and no
+                `cons_hess` supplied.
+        """
+        return self._answer("cons_hess")(u, p)
+
+    def _answer(self, name: str) -> Callable[..., Any]:
+        from .derivatives import answer  # derivatives.py imports this module
+
+        return answer(self, name)
+
+
+def _rebuild(fun: Callable[..., Any], ad: str | None, cons: Any, has_aux: bool,
+             supplied: dict[str, Any]) -> OptimizationFunction:
+    return OptimizationFunction(fun, ad, cons=cons, has_aux=has_aux, **supplied)
 
 
 def _leaf_paths(tree: Any) -> list[tuple[str, Any]]:

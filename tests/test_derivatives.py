@@ -25,8 +25,14 @@ def rosenbrock_hess(u):
     return np.array([[2 - 400 * (y - x**2) + 800 * x**2, -400 * x], [-400 * x, 200.0]])
 
 
+# Derivatives reach the user's callables weakly (the cache dies with `fun`): the functions
+# built by `derivs_of` are kept alive here while the tests use their derivatives.
+_ALIVE = []
+
+
 def derivs_of(fun, sense=opf.MinSense, **kwargs):
-    return derivatives(opf.OptimizationFunction(fun, **kwargs), sense)
+    _ALIVE.append(opf.OptimizationFunction(fun, **kwargs))
+    return derivatives(_ALIVE[-1], sense)
 
 
 def test_value_and_grad_is_one_fused_call_with_aux():
@@ -155,3 +161,134 @@ def test_has_aux_must_return_a_pair():
     )
     with pytest.raises(opf.ObjectiveError, match=r"return \(loss, aux\)"):
         opf.solve(prob, optax.adam(1e-2), maxiters=5)
+
+
+# ------------------------------------------------------------- the function answers
+
+
+def test_the_function_answers_with_derived_derivatives():
+    A = jnp.array([[1.0, 2.0], [3.0, -1.0]])
+    f = opf.OptimizationFunction(rosenbrock, cons=lambda u, p: A @ u)
+    H = rosenbrock_hess(U)
+    np.testing.assert_allclose(f.grad(U, P), rosenbrock_grad(U), rtol=1e-5)
+    value, grad = f.value_and_grad(U, P)
+    np.testing.assert_allclose(value, rosenbrock(U, P), rtol=1e-6)
+    np.testing.assert_allclose(grad, rosenbrock_grad(U), rtol=1e-5)
+    np.testing.assert_allclose(f.hess(U, P), H, rtol=1e-5)
+    v = jnp.array([1.0, -2.0])
+    np.testing.assert_allclose(f.hvp(U, P, v), H @ np.asarray(v), rtol=1e-5)
+    np.testing.assert_allclose(f.cons_jac(U, P), A)
+    np.testing.assert_allclose(f.cons_hess(U, P), np.zeros((2, 2, 2)))
+    g = opf.OptimizationFunction(rosenbrock, cons=lambda u, p: jnp.stack([u @ u, u[0] * u[1]]))
+    np.testing.assert_allclose(g.cons_hess(U, P), [2 * np.eye(2), [[0.0, 1.0], [1.0, 0.0]]])
+
+
+def test_max_sense_does_not_change_the_answers():
+    f = opf.OptimizationFunction(rosenbrock)
+    derivatives(f, opf.MaxSense)  # cached next to the answers, negated
+    np.testing.assert_allclose(f.grad(U, P), rosenbrock_grad(U), rtol=1e-5)
+    np.testing.assert_allclose(f.hess(U, P), rosenbrock_hess(U), rtol=1e-5)
+
+
+def test_supplied_derivatives_win_in_the_answers():
+    grads = []
+
+    def grad(u, p):
+        grads.append(1)
+        return 2.0 * u
+
+    f = opf.OptimizationFunction(
+        lambda u, p: jnp.sum(u**2), grad=grad, hess=lambda u, p: 7.0 * jnp.eye(2),
+        cons=lambda u, p: u, cons_jac=lambda u, p: 5.0 * jnp.eye(2),
+    )
+    np.testing.assert_allclose(f.grad(U, None), 2.0 * np.asarray(U))
+    np.testing.assert_allclose(f.value_and_grad(U, None)[1], 2.0 * np.asarray(U))
+    assert grads
+    np.testing.assert_allclose(f.hess(U, None), 7.0 * np.eye(2))
+    np.testing.assert_allclose(f.hvp(U, None, jnp.array([1.0, 2.0])), [7.0, 14.0])
+    np.testing.assert_allclose(f.cons_jac(U, None), 5.0 * np.eye(2))
+    # The supplied hvp keeps its convention hvp(u, v, p); the answer is f.hvp(u, p, v).
+    g = opf.OptimizationFunction(rosenbrock, hvp=lambda u, v, p: p[0] * v + u)
+    np.testing.assert_allclose(g.hvp(U, P, jnp.ones(2)), 1.0 + np.asarray(U))
+
+
+def test_finite_differences_answer_and_a_supplied_gradient_wins():
+    f = opf.OptimizationFunction(numpy_rosenbrock, ad="finite")
+    np.testing.assert_allclose(f.grad(U, np.asarray(P)), rosenbrock_grad(U), rtol=1e-3)
+    value, _ = f.value_and_grad(U, np.asarray(P))
+    np.testing.assert_allclose(value, rosenbrock(U, P), rtol=1e-5)
+    np.testing.assert_allclose(f.hess(U, np.asarray(P)), rosenbrock_hess(U), rtol=2e-2)
+    exact = lambda u, p: jnp.array(rosenbrock_grad(np.zeros(2)))  # noqa: E731
+    g = opf.OptimizationFunction(numpy_rosenbrock, ad="finite", grad=exact)
+    np.testing.assert_allclose(g.grad(U, np.asarray(P)), rosenbrock_grad(np.zeros(2)))
+    assert derivatives(g, opf.MinSense).fevals_per_grad(2) == 1
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda f: f.grad(U, P), r"ad=None\) has no gradient; pass .*grad=\.\.\..*ad='jax'"),
+        (lambda f: f.value_and_grad(U, P), r"has no gradient; pass .*grad="),
+        (lambda f: f.hess(U, P), r"has no Hessian; pass .*hess=.*ad='jax'"),
+        (lambda f: f.hvp(U, P, U), r"Hessian-vector product; pass .*hvp=\.\.\. or hess=\.\.\."),
+        (lambda f: f.cons_jac(U, P), r"has no constraints; pass .*cons=\.\.\."),
+    ],
+)
+def test_missing_derivatives_raise_naming_the_fix(call, match):
+    with pytest.raises(opf.UnsupportedFeatureError, match=match):
+        call(opf.OptimizationFunction(rosenbrock, ad=None))
+
+
+def test_missing_constraint_derivatives_raise_naming_the_fix():
+    f = opf.OptimizationFunction(rosenbrock, ad=None, cons=lambda u, p: u)
+    with pytest.raises(opf.UnsupportedFeatureError, match=r"constraint Jacobian; pass .*cons_jac="):
+        f.cons_jac(U, P)
+    with pytest.raises(opf.UnsupportedFeatureError, match=r"constraint Hessians; .*cons_hess="):
+        f.cons_hess(U, P)
+
+
+def test_answers_for_a_pytree_and_with_aux():
+    fun = lambda u, p: u["a"] ** 2 * u["b"][0] + jnp.sum(u["b"] ** 3)  # noqa: E731
+    u = {"a": jnp.array(2.0), "b": jnp.array([1.0, 3.0])}
+    f = opf.OptimizationFunction(lambda u, p: (fun(u, p), {"b": u["b"]}), has_aux=True)
+    g = f.grad(u, None)
+    np.testing.assert_allclose(g["a"], 4.0)
+    np.testing.assert_allclose(g["b"], [7.0, 27.0])
+    value, _ = f.value_and_grad(u, None)  # the loss alone, no aux
+    np.testing.assert_allclose(value, 4.0 + 1.0 + 27.0)
+    H = np.array([[2.0, 4.0, 0.0], [4.0, 6.0, 0.0], [0.0, 0.0, 18.0]])  # order: a, b0, b1
+    np.testing.assert_allclose(f.hess(u, None), H)
+    hv = f.hvp(u, None, {"a": jnp.array(1.0), "b": jnp.array([0.0, 1.0])})
+    np.testing.assert_allclose(hv["a"], 2.0)
+    np.testing.assert_allclose(hv["b"], [4.0, 18.0])
+
+
+def test_answers_are_jitted_once_per_function():
+    traces = []
+
+    def fun(u, p):
+        traces.append(1)  # runs only while JAX traces
+        return rosenbrock(u, p)
+
+    f = opf.OptimizationFunction(fun)
+    f.grad(U, P)
+    f.grad(2 * U, P)
+    assert len(traces) == 1
+    assert opf.OptimizationFunction(fun).grad is not f.grad  # a new wrapper ...
+    opf.OptimizationFunction(fun).grad(-U, P)  # ... reuses the compiled answer
+    assert len(traces) == 1
+
+
+def test_an_objective_returning_a_python_float():
+    f = opf.OptimizationFunction(lambda u, p: 1.0)
+    d = derivatives(f, opf.MinSense)
+    assert d.value(U, None).astype(jnp.float32) == 1.0
+    (loss, _), grad = d.value_and_grad(U, None)
+    assert loss.astype(jnp.float32) == 1.0
+    np.testing.assert_array_equal(grad, [0.0, 0.0])
+    value, grad = f.value_and_grad(U, None)
+    assert value == 1.0
+    np.testing.assert_array_equal(grad, [0.0, 0.0])
+    sol = opf.solve(opf.OptimizationProblem(f, U), optax.adam(1e-2), maxiters=3)
+    assert sol.objective == 1.0
+    np.testing.assert_allclose(sol.u, U)
