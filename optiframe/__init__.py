@@ -32,14 +32,8 @@ from .backends.scipy import (
     TrustKrylov,
     TrustNCG,
 )
-from .backends.scipy_global import (
-    SHGO,
-    BasinHopping,
-    DifferentialEvolution,
-    Direct,
-    DualAnnealing,
-    ScipyLeastSquares,
-)
+from .backends.scipy_global import SHGO, BasinHopping, DifferentialEvolution, Direct, DualAnnealing
+from .backends.scipy_least_squares import ScipyLeastSquares
 from .data import DataLoader
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
 from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake

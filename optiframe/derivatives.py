@@ -36,7 +36,8 @@ class Derivatives:
         hess: `(u, p) -> (n, n)`.
         cons: `(u, p) -> (m,)`, never negated.
         cons_jac: `(u, p) -> (m, n)`.
-        finite: `value_and_grad` is by finite differences (ad="finite", no `grad` given).
+        sources: where "value_and_grad", "hess" and "hvp" come from: "user", "jax" or
+            "finite" (what `fevals_per` counts).
     """
 
     sign: float
@@ -47,12 +48,21 @@ class Derivatives:
     hess: Callable[..., Any] | None
     cons: Callable[..., Any] | None
     cons_jac: Callable[..., Any] | None
-    finite: bool = False
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def fevals_per_grad(self, n: int) -> int:
-        """Calls of `fun` one `value_and_grad` costs in n variables: 1, or 1 + 2n with
-        finite differences."""
-        return 1 + 2 * n if self.finite else 1
+    @property
+    def finite(self) -> bool:
+        """`value_and_grad` is by finite differences (ad="finite", no `grad` given)."""
+        return self.sources.get("value_and_grad") == "finite"
+
+    def fevals_per(self, what: str, n: int) -> int:
+        """Calls of `fun` one evaluation of `what` ("value_and_grad", "hess", "hvp") costs
+        in n variables: the forward pass of a JAX derivative (one), none for the user's
+        own Hessian, and for finite differences 1 + 2n, 4n² and 4n."""
+        source = self.sources.get(what)
+        if source == "finite":
+            return {"value_and_grad": 1 + 2 * n, "hess": 4 * n * n, "hvp": 4 * n}[what]
+        return 1 if source == "jax" or what == "value_and_grad" else 0
 
 
 def derivatives(f: OptimizationFunction, sense: ObjSense) -> Derivatives:
@@ -133,9 +143,14 @@ def _build(f: OptimizationFunction, sign: float) -> Derivatives:
     else:
         cons_jac = derived.get("cons_jac")
 
-    finite = ad == "finite" and c.grad is None
+    derived_by = "finite" if ad == "finite" else "jax"
+    sources = {
+        "value_and_grad": "user" if c.grad is not None else derived_by,
+        "hess": "user" if c.hess is not None else derived_by,
+        "hvp": "user" if c.hvp is not None or c.hess is not None else derived_by,
+    }
     return Derivatives(
-        sign, value_aux, value, value_and_grad, hvp, hess, c.cons, cons_jac, finite=finite
+        sign, value_aux, value, value_and_grad, hvp, hess, c.cons, cons_jac, sources=sources
     )
 
 
@@ -165,35 +180,67 @@ def _derived(
     return derived
 
 
+def finite_value(fun: Callable[..., Any], sign: float, x: np.ndarray, p: Any, unravel) -> float:
+    """`sign * fun` at the flat float64 point `x` (one call of `fun` on NumPy)."""
+    return sign * float(fun(unravel(x), p))
+
+
+def finite_grad(fun: Callable[..., Any], sign: float, x: np.ndarray, p: Any, unravel) -> np.ndarray:
+    """The gradient of `sign * fun` at `x` (n,) by central differences: 2n calls of `fun`."""
+    g = np.empty_like(x)
+    for i in range(x.size):
+        h = np.cbrt(np.finfo(float).eps) * max(1.0, abs(x[i]))
+        e = np.zeros_like(x)
+        e[i] = h
+        forward = finite_value(fun, sign, x + e, p, unravel)
+        g[i] = (forward - finite_value(fun, sign, x - e, p, unravel)) / (2 * h)
+    return g
+
+
+# Exceptions raised by the user's host code inside a compiled call (`pure_callback`), which
+# JAX cannot carry out of the callback: kept here, the callback returns NaN, and the run
+# raises them when the call is done (`raise_host_error`).
+_HOST_ERRORS: list[BaseException] = []
+
+
+def raise_host_error() -> None:
+    """Raise the first exception the objective's host code raised inside a compiled call
+    (a KeyboardInterrupt included), if any."""
+    if _HOST_ERRORS:
+        error = _HOST_ERRORS[0]
+        _HOST_ERRORS.clear()
+        raise error
+
+
+def _host_call(shape: tuple[int, ...], compute: Callable[..., Any]) -> Callable[..., np.ndarray]:
+    """`compute(x, p)` as a `pure_callback` target: NumPy in (x in float64), an array of
+    `shape` in x's dtype out; NaN where it raised (the exception is kept)."""
+
+    def call(x, p):
+        try:
+            out = compute(np.asarray(x, float), jax.tree.map(np.asarray, p))
+            return np.asarray(out, x.dtype)
+        except BaseException as error:  # re-raised by raise_host_error after the call
+            _HOST_ERRORS.append(error)
+            return np.full(shape, np.nan, x.dtype)
+
+    return call
+
+
 def _finite(
     fun: Callable[..., Any], sign: float
 ) -> tuple[Callable[..., Any], dict[str, Callable[..., Any]]]:
     """The value and value_and_grad, hess, hvp by central differences on the host, reached
-    from JAX through `pure_callback`."""
-
-    # JAX hands callbacks JAX arrays; the user's NumPy code gets NumPy (float64 for u).
-    host = lambda x, p: (np.asarray(x, float), jax.tree.map(np.asarray, p))  # noqa: E731
-
-    def host_value(x: np.ndarray, p, unravel) -> float:
-        return sign * float(fun(unravel(x), p))
-
-    def host_grad(x: np.ndarray, p, unravel) -> np.ndarray:
-        g = np.empty_like(x)
-        for i in range(x.size):
-            h = np.cbrt(np.finfo(float).eps) * max(1.0, abs(x[i]))
-            e = np.zeros_like(x)
-            e[i] = h
-            g[i] = (host_value(x + e, p, unravel) - host_value(x - e, p, unravel)) / (2 * h)
-        return g
+    from JAX through `pure_callback` (the user's code gets NumPy, `u` in float64)."""
 
     def value(u, p):
         x, _ = ravel(u)
         unravel = host_unraveler(u)
-        fn = lambda x, p: np.asarray(host_value(*host(x, p), unravel), x.dtype)  # noqa: E731
+        fn = _host_call((), lambda x, p: finite_value(fun, sign, x, p, unravel))
         return jax.pure_callback(fn, jax.ShapeDtypeStruct((), x.dtype), x, p)
 
     def grad_flat(x, unravel, p):
-        fn = lambda x, p: host_grad(*host(x, p), unravel).astype(x.dtype)  # noqa: E731
+        fn = _host_call(x.shape, lambda x, p: finite_grad(fun, sign, x, p, unravel))
         return jax.pure_callback(fn, jax.ShapeDtypeStruct(x.shape, x.dtype), x, p)
 
     def value_and_grad(u, p):

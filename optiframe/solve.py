@@ -4,7 +4,9 @@ dispatch to the backend."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import numbers
 import time
 from collections.abc import Callable
 from typing import Any
@@ -93,8 +95,9 @@ def solve(
     }
     extra = {k: v for k, v in prob.kwargs.items() if k not in COMMON_KEYWORDS}
     algorithm = resolve(alg)
+    check_capabilities(algorithm, prob, keywords)
     options = _validated_options(prob, keywords, {**extra, **solver_options})
-    check_capabilities(algorithm, prob, options)
+    _check_budget(algorithm, options)
     traceable = isinstance(prob.p, DataLoader) or not is_data_iterator(prob.p)
     if prob.f.ad == "jax" and traceable:
         residuals = algorithm.capabilities.residuals
@@ -114,10 +117,14 @@ def _sample(p: Any) -> Any:
     return p
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _count(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not float(value).is_integer() or value < 1:
+    if not _is_number(value) or not float(value).is_integer() or value < 1:
         raise InvalidProblemError(f"`solve({name}={value!r})` must be a positive integer.")
     return int(value)
 
@@ -125,9 +132,30 @@ def _count(name: str, value: Any) -> int | None:
 def _tolerance(name: str, value: Any) -> float | None:
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+    if not _is_number(value) or not value >= 0:
         raise InvalidProblemError(f"`solve({name}={value!r})` must be a number >= 0.")
     return float(value)
+
+
+def _check_callback(callback: Any) -> None:
+    """`callback` must be callable as callback(state, loss)."""
+    if callback is None:
+        return
+    fix = "it must be callable as callback(state, loss) -> bool | None"
+    if not callable(callback):
+        raise InvalidProblemError(f"`solve(callback={callback!r})`: {fix}.")
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = getattr(callback, "__name__", type(callback).__name__)
+        raise InvalidProblemError(
+            f"`solve(callback={name})` takes {signature} but is called with two arguments: "
+            f"{fix}; e.g. `def {name}(state, loss): ...`."
+        ) from None
 
 
 def _validated_options(
@@ -136,13 +164,10 @@ def _validated_options(
     maxiters = _count("maxiters", kw["maxiters"])
     epochs = _count("epochs", kw["epochs"])
     maxtime = kw["maxtime"]
-    if maxtime is not None and (not isinstance(maxtime, (int, float)) or not maxtime > 0):
+    if maxtime is not None and (not _is_number(maxtime) or not maxtime > 0):
         raise InvalidProblemError(f"`solve(maxtime={maxtime!r})` must be seconds > 0.")
     callback = kw["callback"]
-    if callback is not None and not callable(callback):
-        raise InvalidProblemError(
-            "`solve(callback=...)` must be callable as callback(state, loss) -> bool | None."
-        )
+    _check_callback(callback)
     warm_start = kw["warm_start"]
     if warm_start is not None and not isinstance(warm_start, OptimizationSolution):
         raise InvalidProblemError(
@@ -214,17 +239,28 @@ _FEATURES = {
 
 def _who_can(test: Callable[[Algorithm], bool]) -> str:
     names = [name for name, alg in registered_algorithms().items() if test(alg)]
-    names.sort(key=lambda name: (":" in name, name))  # plain names before "backend:NAME"
+    names.sort(key=lambda name: (":" in name, name.lower()))  # plain names before "backend:NAME"
     if not names:
         return "none is registered yet"
     shown = ", ".join(repr(n) for n in names[:10])
     return "such as " + shown + (", ..." if len(names) > 10 else "")
 
 
-def check_capabilities(alg: Algorithm, prob: OptimizationProblem, options: SolveOptions) -> None:
-    """Raise `UnsupportedFeatureError` if `alg` cannot handle `prob` or `options`.
+def _check_budget(alg: Algorithm, options: SolveOptions) -> None:
+    caps = alg.capabilities
+    if caps.needs_budget and options.maxiters is None and options.epochs is None:
+        raise InvalidProblemError(
+            f"{alg!r} needs a budget of {caps.budget}: pass solve(..., maxiters=N)."
+        )
 
-    Called once by `solve`, before any work.
+
+def check_capabilities(
+    alg: Algorithm, prob: OptimizationProblem, keywords: dict[str, Any]
+) -> None:
+    """Raise `UnsupportedFeatureError` if `alg` cannot handle `prob` or the `solve`
+    keywords given (`keywords`: name -> value, None or False when not given).
+
+    Called once by `solve`, before anything else looks at the problem or the keywords.
     """
     caps = alg.capabilities
     present = {
@@ -251,8 +287,8 @@ def check_capabilities(alg: Algorithm, prob: OptimizationProblem, options: Solve
             f"({_who_can(lambda a: not a.capabilities.needs_bounds)})."
         )
     for name in COMMON_KEYWORDS:
-        value = getattr(options, name)
-        if value not in (None, False) and name not in caps.keywords:
+        value = keywords[name]
+        if value is not None and value is not False and name not in caps.keywords:
             others = _who_can(lambda a, n=name: n in a.capabilities.keywords)
             raise UnsupportedFeatureError(
                 f"{alg!r} does not support the `{name}` keyword. Remove it, or use an "

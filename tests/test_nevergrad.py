@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import optiframe as opf
+from optiframe.backends import _nevergrad_patches as patches
 from optiframe.backends import nevergrad as ngb
 from problems import (
     HS71_MIN,
@@ -134,14 +135,14 @@ def test_numpy_24_metamodel_regression_ngopt_on_small_problems(monkeypatch):
     # array and NGOpt died with "only 0-dimensional arrays can be converted to Python
     # scalars"; optiframe gives that module NumPy < 2.4's conversion.
     converted = []
-    lenient = ngb._lenient_float
+    lenient = patches._lenient_float
 
     def counting(x=0.0):
         if isinstance(x, np.ndarray) and x.ndim > 0:
             converted.append(x.shape)
         return lenient(x)
 
-    monkeypatch.setattr(ngb, "_lenient_float", counting)
+    monkeypatch.setattr(patches, "_lenient_float", counting)
     prob = opf.OptimizationProblem(shifted_sphere, jnp.zeros(3), jnp.asarray(SPHERE_SHIFT[:3]))
     sol = opf.solve(prob, opf.Nevergrad("NGOpt", seed=0), maxiters=300)
     assert "MetaModel" in sol.original.selected
@@ -151,16 +152,16 @@ def test_numpy_24_metamodel_regression_ngopt_on_small_problems(monkeypatch):
 
     monkeypatch.undo()
     opf.solve(prob, opf.Nevergrad("NGOpt", seed=0), maxiters=10)
-    assert metamodel.float is ngb._lenient_float
+    assert metamodel.float is patches._lenient_float
 
 
 def test_lenient_float_converts_like_numpy_before_2_4():
-    assert ngb._lenient_float(np.array([2.5])) == 2.5
-    assert ngb._lenient_float(np.array([[3.0]])) == 3.0
-    assert ngb._lenient_float(np.float32(1.5)) == 1.5
-    assert ngb._lenient_float("4") == 4.0
+    assert patches._lenient_float(np.array([2.5])) == 2.5
+    assert patches._lenient_float(np.array([[3.0]])) == 3.0
+    assert patches._lenient_float(np.float32(1.5)) == 1.5
+    assert patches._lenient_float("4") == 4.0
     with pytest.raises(TypeError):
-        ngb._lenient_float(np.array([1.0, 2.0]))
+        patches._lenient_float(np.array([1.0, 2.0]))
 
 
 # --------------------------------------------------------------------------- keywords
@@ -326,8 +327,8 @@ def test_chunk_loops_inside_one_call_per_batch_with_the_vmap_result(monkeypatch)
 
 def test_executor_evaluations_start_as_soon_as_asked(monkeypatch):
     events = []
-    ask = ngb._Run._ask
-    monkeypatch.setattr(ngb._Run, "_ask", lambda self, opt: events.append("ask") or ask(self, opt))
+    ask = ngb._NevergradRun._ask
+    monkeypatch.setattr(ngb._NevergradRun, "_ask", lambda self, opt: events.append("ask") or ask(self, opt))
 
     class Recording(concurrent.futures.ThreadPoolExecutor):
         def submit(self, fn, *args):

@@ -154,10 +154,10 @@ def test_general_constraints_are_unsupported():
 
 
 def test_optax_needs_maxiters_and_rejects_unknown_options():
-    with pytest.raises(opf.OptiframeError, match=r"needs an iteration budget.*maxiters=N"):
+    with pytest.raises(opf.InvalidProblemError, match=r"needs a budget of iterations.*maxiters=N"):
         opf.solve(make(QUADRATIC), optax.adam(0.1))
     with pytest.raises(
-        opf.OptiframeError, match=r"Unknown options for the optax backend: \['lr'\]"
+        opf.InvalidProblemError, match=r"unknown option\(s\) 'lr'.*optax.adam\(learning_rate"
     ):
         opf.solve(make(QUADRATIC), optax.adam(0.1), maxiters=3, lr=0.1)
 

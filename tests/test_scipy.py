@@ -207,7 +207,7 @@ def test_infeasible_constraints_are_reported():
 @pytest.mark.parametrize(
     "alg, match",
     [
-        (opf.LBFGSB(), r"does not support constraints.*'cobyla', 'cobyqa'"),
+        (opf.LBFGSB(), r"does not support constraints.*'COBYLA', 'COBYQA'"),
         (opf.BFGS(), r"does not support constraints"),
     ],
     ids=["L-BFGS-B", "BFGS"],
@@ -221,7 +221,7 @@ def test_constraints_to_a_method_without_them(alg, match):
 
 @pytest.mark.parametrize("method", [m for m in ALL_METHODS if not METHODS[m.lower()].bounds])
 def test_bounds_to_a_method_without_them(method):
-    with pytest.raises(opf.UnsupportedFeatureError, match=r"box bounds.*'l-bfgs-b'"):
+    with pytest.raises(opf.UnsupportedFeatureError, match=r"box bounds.*'L-BFGS-B'"):
         opf.solve(make(QUADRATIC, lb=0.0, ub=2.0), opf.ScipyMinimize(method))
 
 

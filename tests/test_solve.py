@@ -101,7 +101,7 @@ class ConstrainedDummy(opf.Algorithm):
 
 @pytest.fixture
 def dummy_registered(monkeypatch):
-    monkeypatch.setitem(base._NAMES, "dummy-slsqp", ConstrainedDummy)
+    monkeypatch.setitem(base._NAMES, "dummy-slsqp", ("dummy-slsqp", ConstrainedDummy))
 
 
 def test_unsupported_constraints_name_algorithms_that_can(dummy_registered):
@@ -110,7 +110,7 @@ def test_unsupported_constraints_name_algorithms_that_can(dummy_registered):
     with pytest.raises(
         opf.UnsupportedFeatureError,
         match=r"does not support constraints \(lcons/ucons\)\. Either remove the constraints, "
-        r"or use an algorithm that does \(such as 'cobyla', 'cobyqa', 'dummy-slsqp'",
+        r"or use an algorithm that does \(such as 'COBYLA', 'COBYQA', 'dummy-slsqp'",
     ):
         opf.solve(prob, optax.adam(1e-2), maxiters=3)
 

@@ -34,6 +34,8 @@ class Capabilities:
         needs: derivatives it cannot run without: any of "grad", "hess", "hvp", "cons_jac".
         needs_bounds: it searches a box, so every variable needs finite `lb` and `ub`.
         residuals: the objective returns a residual vector (least squares), not a scalar.
+        budget: what `maxiters` counts ("iterations", "evaluations", "generations", ...).
+        needs_budget: it cannot run without `maxiters` (or `epochs` over a data iterator).
         keywords: the common `solve` keywords it honours.
     """
 
@@ -44,6 +46,8 @@ class Capabilities:
     needs: frozenset[str] = frozenset()
     needs_bounds: bool = False
     residuals: bool = False
+    budget: str = "iterations"
+    needs_budget: bool = False
     keywords: frozenset[str] = frozenset(("maxiters",))
 
 
@@ -84,8 +88,8 @@ class Algorithm(abc.ABC):
         """Run on `problem` and return an `OptimizationSolution`."""
 
 
-_NAMES: dict[str, Callable[[], Algorithm]] = {}
-_PREFIXES: dict[str, Callable[[str], Algorithm]] = {}
+_NAMES: dict[str, tuple[str, Callable[[], Algorithm]]] = {}  # key -> (spelling, factory)
+_PREFIXES: dict[str, tuple[str, Callable[[str], Algorithm]]] = {}
 _ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any], Algorithm]]] = []
 
 
@@ -94,13 +98,13 @@ def _normalise(name: str) -> str:
 
 
 def register(name: str, factory: Callable[[], Algorithm]) -> None:
-    """Make `solve(prob, name)` use `factory()`."""
-    _NAMES[_normalise(name)] = factory
+    """Make `solve(prob, name)` (in any case) use `factory()`."""
+    _NAMES[_normalise(name)] = (name, factory)
 
 
 def register_prefix(prefix: str, factory: Callable[[str], Algorithm]) -> None:
     """Make `solve(prob, "prefix:NAME")` use `factory("NAME")`."""
-    _PREFIXES[_normalise(prefix)] = factory
+    _PREFIXES[_normalise(prefix)] = (prefix, factory)
 
 
 def register_adapter(accepts: Callable[[Any], bool], wrap: Callable[[Any], Algorithm]) -> None:
@@ -109,12 +113,13 @@ def register_adapter(accepts: Callable[[Any], bool], wrap: Callable[[Any], Algor
 
 
 def registered_names() -> list[str]:
-    return sorted(_NAMES)
+    """The registered names, as they were registered."""
+    return sorted(name for name, _ in _NAMES.values())
 
 
 def registered_algorithms() -> dict[str, Algorithm]:
     """Every registered name with a default instance (construction imports nothing)."""
-    return {name: factory() for name, factory in sorted(_NAMES.items())}
+    return {name: factory() for name, factory in sorted(_NAMES.values())}
 
 
 def resolve(alg: Any) -> Algorithm:
@@ -128,17 +133,18 @@ def resolve(alg: Any) -> Algorithm:
     if isinstance(alg, str):
         key = _normalise(alg)
         if key in _NAMES:
-            return _NAMES[key]()
+            return _NAMES[key][1]()
         prefix, sep, rest = key.partition(":")
         if sep and prefix in _PREFIXES:
-            return _PREFIXES[prefix](alg.strip()[len(prefix) + 1 :])
-        candidates = list(_NAMES) + [f"{p}:" for p in _PREFIXES]
-        close = difflib.get_close_matches(key, candidates, n=5, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            return _PREFIXES[prefix][1](alg.strip()[len(prefix) + 1 :])
+        spellings = {k: name for k, (name, _) in _NAMES.items()}
+        spellings.update({f"{k}:": f"{name}:" for k, (name, _) in _PREFIXES.items()})
+        close = difflib.get_close_matches(key, list(spellings), n=5, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(spellings[c]) for c in close)}?" if close else ""
         raise OptiframeError(
             f"Unknown algorithm name {alg!r}.{hint} Registered names: "
-            f"{', '.join(sorted(_NAMES))}; prefixes: "
-            f"{', '.join(p + ':NAME' for p in sorted(_PREFIXES))}."
+            f"{', '.join(registered_names())}; prefixes: "
+            f"{', '.join(name + ':NAME' for name, _ in sorted(_PREFIXES.values()))}."
         )
     for accepts, wrap in _ADAPTERS:
         if accepts(alg):

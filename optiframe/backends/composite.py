@@ -90,8 +90,7 @@ class MultiStart(Algorithm):
     def capabilities(self) -> Capabilities:
         inner = self.local.capabilities
         return dataclasses.replace(
-            inner, needs_bounds=True, data=False,
-            keywords=inner.keywords - {"warm_start", "epochs", "progress"},
+            inner, needs_bounds=True, data=False, keywords=inner.keywords - {"warm_start", "epochs"}
         )
 
     def starts(self, problem: OptimizationProblem) -> list[Any]:
@@ -149,8 +148,9 @@ class MultiStart(Algorithm):
 
 @dataclasses.dataclass(frozen=True)
 class PolyOpt(Algorithm):
-    """Optimization.jl's polyalgorithm: Adam(0.01) for `maxiters` iterations (300 if not
-    given), then L-BFGS-B from Adam's result with the same budget. With bounds, L-BFGS-B
+    """Optimization.jl's polyalgorithm: Adam(0.01), then L-BFGS-B from Adam's result. A
+    `maxiters` budget is shared: Adam takes half (rounded up), L-BFGS-B the rest; without
+    one, each phase runs 300 iterations (Optimization.jl's default). With bounds, L-BFGS-B
     alone; with a data iterator, Adam alone (and a budget is required).
 
     `sol.original` holds the phases' solutions; `stats` add them up.
@@ -166,23 +166,29 @@ class PolyOpt(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             bounds=True, data=True, needs=frozenset({"grad"}),
-            keywords=frozenset(("maxiters", "maxtime", "abstol", "reltol", "callback", "epochs")),
+            keywords=frozenset((
+                "maxiters", "maxtime", "abstol", "reltol", "callback", "epochs", "progress",
+                "save_best",
+            )),
         )
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
         from ..solve import solve  # solve imports the backends: resolved at call time
 
-        budget = options.maxiters or self.default_maxiters
-        keywords = _forward(options, maxiters=budget)
         if is_data_iterator(problem.p):
             sol = solve(problem, optax.adam(self.learning_rate), **_forward(options))
             return dataclasses.replace(sol, original=(sol,))
         if problem.has_bounds:
-            sol = solve(problem, LBFGSB(), **keywords)
+            sol = solve(problem, LBFGSB(), **_forward(options, maxiters=options.maxiters))
             return dataclasses.replace(sol, original=(sol,))
-        first = solve(problem, optax.adam(self.learning_rate), **keywords)
-        if first.retcode in (ReturnCode.Terminated, ReturnCode.MaxTime):
+        total = options.maxiters
+        adam_iters = self.default_maxiters if total is None else (total + 1) // 2
+        first = solve(problem, optax.adam(self.learning_rate),
+                      **_forward(options, maxiters=adam_iters))
+        lbfgs_iters = self.default_maxiters if total is None else total - adam_iters
+        if first.retcode in (ReturnCode.Terminated, ReturnCode.MaxTime) or lbfgs_iters == 0:
             return dataclasses.replace(first, original=(first,))
+        keywords = _forward(options, maxiters=lbfgs_iters)
         if options.maxtime is not None:
             keywords["maxtime"] = max(options.maxtime - first.stats.time, 1e-3)
         second = solve(problem.remake(u0=first.u), LBFGSB(), **keywords)

@@ -1,11 +1,10 @@
 """The evosax backend: evosax's evolution strategies and genetic algorithms behind `solve`.
 
-Ask, evaluate and tell stay on the device (`evosax_loop.py`). Two drivers run them:
-
-- fused: no callback — the whole search is one jitted `lax.while_loop` over generations,
-  the stop tests inside (with `maxtime`, a few chunks of it, the clock read between them);
-- stepwise: a callback — one jitted generation per call, the next generation dispatched
-  before the host looks at the current one.
+One generation asks the evosax algorithm for a population, clips it into the box (if any),
+evaluates it with one `jax.vmap` of the objective, tells the algorithm the fitness (a
+non-finite value told as worse than every finite value seen) and runs the stall tests:
+`EvoSaxMethod`, run by the shared on-device lifecycle (`_device.py`), so the whole search
+is one jitted `lax.while_loop` without a callback, and one generation per call with one.
 
 `maxiters` counts generations; `sol.u` is the best candidate evaluated and evosax's own
 state stays in `sol.original`. See docs/evosax.md.
@@ -13,13 +12,10 @@ state stays in `sol.original`. See docs/evosax.md.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import difflib
 import inspect
 import math
-import time
-import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -27,35 +23,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..derivatives import check_objective, derivatives
+from ..derivatives import Derivatives, check_objective, derivatives
 from ..errors import InvalidProblemError, UnsupportedFeatureError
-from ..flat import device_shapes, ravel, restore_like, to_device
+from ..flat import device_shapes, ravel, to_device
 from ..problem import OptimizationProblem
-from ..progress import advance
-from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
+from ..solution import OptimizationSolution, ReturnCode
+from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
-from .evosax_loop import (
-    BEST,
-    CONVERGED_ABSTOL,
-    CONVERGED_RELTOL,
-    FEVALS,
-    GENERATION,
-    ITERATIONS,
-    NONFINITE,
-    RUNNING,
-    STATUS,
-    Carry,
-    GenerationProgram,
-    LoopSpec,
-    search_dtype,
-)
 
-_CACHE_SIZE = 8  # compiled programs kept per objective
 # The backend's own options and their defaults; every other option configures the evosax
 # algorithm (a constructor argument, or a field of its `default_params`).
 _OPTIONS: dict[str, Any] = {"patience": 10, "init_std": None}
 # Constructor arguments optiframe sets itself.
 _RESERVED = ("self", "population_size", "solution")
+ABSTOL, RELTOL = FIRST_STOP, FIRST_STOP + 1
 
 
 class EvoSaxResult(NamedTuple):
@@ -101,7 +82,7 @@ class EvoSaxState(NamedTuple):
         key: the run's key.
         generation: generations since the first solve of the chain (they pick the keys).
         losses: (2,) the best and worst finite fitness (`sign * fun`) seen.
-        best_u: (n,) the best candidate, flat.
+        best_u: the best candidate, in `u0`'s structure.
     """
 
     state: Any
@@ -277,6 +258,8 @@ class EvoSax(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             bounds=True,
+            budget="generations",
+            needs_budget=True,
             keywords=frozenset((
                 "maxiters", "maxtime", "abstol", "reltol", "callback", "progress",
                 "warm_start", "save_best",
@@ -294,15 +277,73 @@ class EvoSax(Algorithm):
         return f"EvoSax({', '.join(extras)})"
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
+        if problem.f.ad == "finite":
+            raise UnsupportedFeatureError(
+                "opf.EvoSax evaluates the objective inside a compiled loop (a jax.vmap over "
+                "the population), but OptimizationFunction(ad='finite') declares host code. "
+                "Use opf.Nevergrad for objectives JAX cannot trace, or ad='jax' if fun is "
+                "written in JAX."
+            )
+        check_objective(problem.f, device_shapes(problem.u0), problem.p)  # ad=None too
         settings = {**self.options, **_check_options(options.solver_options, "solve")}
-        return _Run(self, problem, options, settings).run()
+        cls, label = resolve_algorithm(self.name)
+        ours = {**_OPTIONS, **{k: settings.pop(k) for k in list(settings) if k in _OPTIONS}}
+        accepted = [k for k in inspect.signature(cls.__init__).parameters if k not in _RESERVED]
+        ctor = {k: settings.pop(k) for k in list(settings) if k in accepted}
+        population_based = _population_based(cls)
+        if ours["init_std"] is not None and not population_based:
+            raise InvalidProblemError(
+                f"`EvoSax({label!r}, init_std=...)` draws the first population of a "
+                f"population-based algorithm (DE, PSO, the GAs); {label} starts its "
+                "distribution at u0: set its spread with its own params field (e.g. "
+                "std_init=...)."
+            )
+        u = to_device(problem.u0)
+        n = sum(x.size for x in jax.tree.leaves(u))
+        size = self.population_size or _default_population(n)
+        box = problem.has_bounds and all(
+            np.all(np.isfinite(b)) for b in jax.tree.leaves((problem.lb, problem.ub))
+        )
+        stall = options.abstol is not None or options.reltol is not None
+        spec = SearchSpec(
+            population_based=population_based,
+            bounded=problem.has_bounds,
+            init_box=population_based and box and ours["init_std"] is None,
+            stall=stall,
+            patience=int(ours["patience"]) if stall else 1,
+        )
+        shapes = device_shapes(problem.u0)
+        leaves, treedef = jax.tree.flatten(shapes)
+        key = (
+            "evosax", cls, size, tuple((k, _frozen(v)) for k, v in sorted(ctor.items())),
+            treedef, tuple((x.shape, x.dtype) for x in leaves), spec,
+        )
+
+        def build() -> EvoSaxMethod:
+            algorithm = _algorithm(cls, size, ctor, shapes)
+            return EvoSaxMethod(algorithm, derivatives(problem.f, problem.sense), shapes, spec)
+
+        run = DeviceRun(self, problem, options, key, build)
+        params = _params(run.method.algorithm, settings, label, accepted + list(_OPTIONS))
+        dtype = search_dtype()
+        bounds = None
+        if problem.has_bounds:
+            bounds = tuple(
+                jax.tree.map(lambda b, x: jnp.broadcast_to(jnp.asarray(b, dtype), x.shape), b, u)
+                for b in (problem.lb, problem.ub)
+            )
+        tol = jnp.asarray(
+            [-np.inf if t is None else t for t in (options.abstol, options.reltol)], dtype
+        )
+        init_std = jnp.asarray(ours["init_std"] or 1.0, dtype)
+        return run.solve((bounds, params, tol, init_std, jax.random.key(self.seed)))
 
 
-# --------------------------------------------------------------------------- programs
+# --------------------------------------------------------------------------- the method
 
 
 def _frozen(value: Any) -> Any:
-    """`value` if hashable, else its identity (the cached program keeps it alive)."""
+    """`value` if hashable, else its identity (the cached method keeps it alive)."""
     try:
         hash(value)
     except TypeError:
@@ -310,24 +351,16 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-def _program(
-    cls: type, size: int, ctor: dict[str, Any], problem: OptimizationProblem, u: Any,
-    spec: LoopSpec,
-) -> GenerationProgram:
-    """The compiled generation for this objective, algorithm and spec: cached on the
-    objective (least recently used dropped past `_CACHE_SIZE`)."""
-    cache = problem.f._cache.setdefault("evosax", collections.OrderedDict())
-    leaves, treedef = jax.tree.flatten(u)
-    key = (
-        problem.sense, cls, size, tuple((k, _frozen(v)) for k, v in sorted(ctor.items())),
-        treedef, tuple((x.shape, x.dtype) for x in leaves), spec,
-    )
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    template = jax.tree.map(lambda x: jnp.zeros(x.shape, search_dtype()), u)
+def search_dtype() -> Any:
+    """The float dtype evosax computes in (float64 only with JAX_ENABLE_X64)."""
+    return jnp.result_type(float)
+
+
+def _algorithm(cls: type, size: int, ctor: dict[str, Any], shapes: Any) -> Any:
+    """The evosax algorithm for candidates shaped like `shapes`, in the search dtype."""
+    template = jax.tree.map(lambda x: jnp.zeros(x.shape, search_dtype()), shapes)
     try:
-        algorithm = cls(population_size=size, solution=template, **ctor)
+        return cls(population_size=size, solution=template, **ctor)
     except (AssertionError, TypeError, ValueError) as err:
         detail = str(err) or type(err).__name__
         raise InvalidProblemError(
@@ -336,12 +369,6 @@ def _program(
             + f")`: evosax refused the configuration: {detail}. Constructor arguments are "
             "options: EvoSax(name, argument=value)."
         ) from err
-    dtypes = jax.tree.map(lambda x: x.dtype, u)
-    program = GenerationProgram(algorithm, derivatives(problem.f, problem.sense), dtypes, spec)
-    cache[key] = program
-    if len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
-    return program
 
 
 def _params(algorithm: Any, overrides: dict[str, Any], cls_name: str, known: list[str]) -> Any:
@@ -380,252 +407,246 @@ def _defaults(algorithm: Any) -> Any:
     return algorithm._optiframe_defaults
 
 
-# --------------------------------------------------------------------------- one run
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """The static settings an evosax program depends on (besides shapes).
+
+    Attributes:
+        population_based: the algorithm's `init` takes an evaluated population (PSO, DE,
+            GAs) rather than a mean (CMA-ES, NES, ...).
+        bounded: clip asked candidates into `[lb, ub]`.
+        init_box: draw a population-based algorithm's first population uniformly in the
+            box (else around `u0` with standard deviation `init_std`).
+        stall: the stall tests run (`abstol` and `reltol`; an unset one is -inf).
+        patience: the generations the stall tests look back over.
+    """
+
+    population_based: bool
+    bounded: bool
+    init_box: bool
+    stall: bool
+    patience: int
 
 
-class _Run:
-    """One call of `solve` with the evosax backend."""
+class Search(NamedTuple):
+    """The state of an evosax search.
 
-    def __init__(
-        self, alg: EvoSax, problem: OptimizationProblem, options: SolveOptions,
-        settings: dict[str, Any],
-    ):
-        if options.maxiters is None:
-            raise InvalidProblemError(
-                "The evosax backend needs a generation budget: pass solve(..., maxiters=N)."
+    Attributes:
+        state: the evosax algorithm's state.
+        key: the run's key; generation g draws from `fold_in(key, g)`.
+        generation: generations over a warm-start chain (they pick the keys).
+        done: generations of this solve.
+        best, worst: the best finite fitness seen (inf if none) and the worst (-inf).
+        history: (patience,) the best fitness at the end of each of the last `patience`
+            generations of this solve (a ring buffer; inf where not yet filled).
+        nonfinite: evaluations of this solve that were NaN or inf.
+    """
+
+    state: Any
+    key: jax.Array
+    generation: jax.Array
+    done: jax.Array
+    best: jax.Array
+    worst: jax.Array
+    history: jax.Array
+    nonfinite: jax.Array
+
+
+class EvoSaxMethod(DeviceMethod):
+    """One generation of an evosax algorithm: ask, clip, evaluate (one `jax.vmap`), tell.
+
+    `abstol` and `reltol` are stall tests: the search stops with `Success` when the best
+    objective improved by at most `abstol` (or `reltol * |best|`) over the last `patience`
+    generations.
+    """
+
+    search = True
+    unit = "generations"
+    stops = {
+        ABSTOL: (ReturnCode.Success, (
+            "best objective improved by <= abstol={options.abstol} over the last "
+            "{method.spec.patience} generations"
+        )),
+        RELTOL: (ReturnCode.Success, (
+            "best objective improved by <= reltol={options.reltol} x |best| over the last "
+            "{method.spec.patience} generations"
+        )),
+    }
+    state_type = EvoSaxState
+
+    def __init__(self, algorithm: Any, derivs: Derivatives, shapes: Any, spec: SearchSpec):
+        self.algorithm, self.derivs, self.shapes, self.spec = algorithm, derivs, shapes, spec
+        # Stein variational algorithms run `num_populations` populations side by side.
+        self.groups = getattr(algorithm, "num_populations", None)
+        self.size = getattr(algorithm, "total_population_size", algorithm.population_size)
+
+    def point(self, state: Search) -> Any:
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.shapes)
+
+    # -- pieces of a generation
+
+    def _into_box(self, population: Any, bounds: Any) -> Any:
+        if not self.spec.bounded:
+            return population
+        return jax.tree.map(jnp.clip, population, *bounds)
+
+    def _evaluate(self, population: Any, p: Any) -> tuple[Any, Any, Any, jax.Array]:
+        """(the population as evaluated, in `u0`'s dtypes; as told, in the search dtype;
+        aux; fitness `sign * fun` (size,) in the search dtype)."""
+        dtype = search_dtype()
+        evaluated = jax.tree.map(lambda x, s: x.astype(s.dtype), population, self.shapes)
+        fitness, aux = jax.vmap(self.derivs.value_aux, in_axes=(0, None))(evaluated, p)
+        told = jax.tree.map(lambda x: x.astype(dtype), evaluated)
+        return evaluated, told, aux, jnp.asarray(fitness).astype(dtype)
+
+    def _told(self, fitness: jax.Array, worst: jax.Array) -> jax.Array:
+        """The fitness told to evosax: a non-finite value becomes `W + |W| + 1`, with `W`
+        the worst finite fitness seen in the run, so it is worse than every finite value
+        seen and never enters an elite, a personal best or a DE population."""
+        bad = jnp.where(jnp.isfinite(worst), worst + jnp.abs(worst) + 1, 0.0)
+        bad = jnp.where(jnp.isfinite(bad), bad, jnp.finfo(fitness.dtype).max)
+        return jnp.where(jnp.isfinite(fitness), fitness, bad.astype(fitness.dtype))
+
+    def _tell(self, key: Any, population: Any, fitness: jax.Array, state: Any, params: Any):
+        if self.groups is not None:  # evosax wants (num_populations, population_size, ...)
+            population = jax.tree.map(
+                lambda x: x.reshape(self.groups, -1, *x.shape[1:]), population
             )
-        if problem.f.ad == "finite":
-            raise UnsupportedFeatureError(
-                "opf.EvoSax evaluates the objective inside a compiled loop (a jax.vmap over "
-                "the population), but OptimizationFunction(ad='finite') declares host code. "
-                "Use opf.Nevergrad for objectives JAX cannot trace, or ad='jax' if fun is "
-                "written in JAX."
-            )
-        check_objective(problem.f, device_shapes(problem.u0), problem.p)  # ad=None too
-        self.alg, self.problem, self.options = alg, problem, options
-        cls, self.label = resolve_algorithm(alg.name)
-        ours = {k: settings.pop(k) for k in list(settings) if k in _OPTIONS}
-        ours = {**_OPTIONS, **ours}
-        signature = inspect.signature(cls.__init__).parameters
-        accepted = [k for k in signature if k not in _RESERVED]
-        ctor = {k: settings.pop(k) for k in list(settings) if k in accepted}
-        self.u = to_device(problem.u0)
-        n = sum(x.size for x in jax.tree.leaves(self.u))
-        size = alg.population_size or _default_population(n)
-        self.lb = self.ub = None
-        box = False
-        if problem.has_bounds:
-            dtype = search_dtype()
-            self.lb = jax.tree.map(lambda b, x: jnp.broadcast_to(jnp.asarray(b, dtype), x.shape),
-                                   problem.lb, self.u)
-            self.ub = jax.tree.map(lambda b, x: jnp.broadcast_to(jnp.asarray(b, dtype), x.shape),
-                                   problem.ub, self.u)
-            box = all(np.all(np.isfinite(b)) for b in jax.tree.leaves((problem.lb, problem.ub)))
-        population_based = _population_based(cls)
-        if ours["init_std"] is not None and not population_based:
-            raise InvalidProblemError(
-                f"`EvoSax({self.label!r}, init_std=...)` draws the first population of a "
-                f"population-based algorithm (DE, PSO, the GAs); {self.label} starts its "
-                "distribution at u0: set its spread with its own params field (e.g. "
-                "std_init=...)."
-            )
-        stall = options.abstol is not None or options.reltol is not None
-        spec = LoopSpec(
-            population_based=population_based,
-            bounded=problem.has_bounds,
-            init_box=population_based and box and ours["init_std"] is None,
-            stall=stall,
-            patience=int(ours["patience"]) if stall else 1,
-            progress=options.callback is None and options.progress is not None,
+        return self.algorithm.tell(key, population, fitness, state, params)[0]
+
+    def _worst(self, search: Search, fitness: jax.Array) -> jax.Array:
+        return jnp.maximum(search.worst, jnp.max(jnp.where(jnp.isfinite(fitness), fitness,
+                                                           -jnp.inf)))
+
+    def _generation(
+        self, search: Search, evaluated: Any, aux: Any, fitness: jax.Array, tol: Any
+    ) -> tuple[Search, Evaluation]:
+        """Count the generation, run the stall tests, and say what it evaluated (its best
+        candidate)."""
+        spec = self.spec
+        finite = jnp.isfinite(fitness)
+        masked = jnp.where(finite, fitness, jnp.inf)
+        i = jnp.argmin(masked)
+        best = jnp.minimum(search.best, masked[i])
+        status, history = jnp.asarray(RUNNING, jnp.int32), search.history
+        if spec.stall:
+            slot = search.done % spec.patience
+            gain = history[slot] - best  # inf until `patience` generations are done
+            status = jnp.where(gain <= tol[1] * jnp.abs(best), RELTOL, status)
+            status = jnp.where(gain <= tol[0], ABSTOL, status)
+            history = history.at[slot].set(best)
+        search = search._replace(
+            generation=search.generation + 1, done=search.done + 1, best=best,
+            worst=self._worst(search, fitness),
+            history=history, nonfinite=search.nonfinite + jnp.sum(~finite).astype(jnp.int32),
         )
-        self.program = _program(cls, size, ctor, problem, self.u, spec)
-        known = accepted + list(_OPTIONS)
-        self.params = _params(self.program.algorithm, settings, self.label, known)
-        self.init_std = jnp.asarray(ours["init_std"] or 1.0, search_dtype())
-        self.tol = jnp.asarray(
-            [-np.inf if t is None else t for t in (options.abstol, options.reltol)],
-            search_dtype(),
-        )
-        self.first = None  # a population-based algorithm's first generation, for the callback
-
-    def _initial_carry(self) -> Carry:
-        warm, program = self.options.warm_start, self.program
-        args = (self.u, self.problem.p, self.lb, self.ub, self.params, self.tol, self.init_std)
-        if warm is None:
-            carry, self.first = program.init(jax.random.key(self.alg.seed), *args)
-            return carry
-        state = warm.state
-        ours = jax.eval_shape(program.init, jax.random.key(0), *args)[0]
-        if not isinstance(state, EvoSaxState) or _shapes(state.state) != _shapes(ours.state) or (
-            np.shape(state.best_u) != ours.best_u.shape
-        ):
-            raise InvalidProblemError(
-                "`solve(warm_start=sol)`: sol.state does not come from this evosax algorithm "
-                "on a problem of this shape. To start another algorithm from a result, use "
-                "prob.remake(u0=sol.u)."
-            )
-        counts = jnp.zeros(5, jnp.int32).at[GENERATION].set(state.generation)
-        history = jnp.full(ours.history.shape, jnp.inf, ours.history.dtype)
-        return Carry(state.state, state.key, counts, state.losses, state.best_u, history)
-
-    # -- drivers
-
-    def run(self) -> OptimizationSolution:
-        self.start = time.perf_counter()
-        self.bar = None
-        if self.options.progress is not None:
-            self.bar = self.options.progress.open(self.options.maxiters)
-        retcode, message = None, ""
-        self.carry = self._initial_carry()
-        try:
-            if self.options.callback is None:
-                retcode, message = self._fused()
-            else:
-                retcode, message = self._stepwise()
-        except KeyboardInterrupt:
-            warnings.warn(
-                "solve() interrupted: returning the best candidate so far (Terminated).",
-                stacklevel=4,
-            )
-            retcode, message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
-        finally:
-            if self.bar is not None:
-                jax.effects_barrier()
-                self.bar.close()
-        return self._solution(retcode, message)
-
-    def _run_fused(self, limit: int, every: int) -> None:
-        self.carry = self.program.run(
-            self.carry, limit, self.problem.p, self.lb, self.ub, self.params, self.tol, every
-        )
-
-    def _fused(self) -> tuple[ReturnCode | None, str]:
-        maxiters, maxtime = self.options.maxiters, self.options.maxtime
-        every = 1
-        if self.bar is not None:
-            bar, every = self.bar, self.options.progress.interval(maxiters)
-            sign = self.program.derivs.sign
-            self.program.progress_hook = lambda i, loss: advance(bar, i, sign * loss)
-        if maxtime is None:
-            self._run_fused(maxiters, every)
-            return None, ""
-        chunk = 4
-        while True:
-            done = int(self.carry.counts[ITERATIONS])
-            tic = time.perf_counter()
-            self._run_fused(min(maxiters, done + chunk), every)
-            counts = np.asarray(self.carry.counts)
-            status, now_done = int(counts[STATUS]), int(counts[ITERATIONS])
-            if status != RUNNING or now_done >= maxiters:
-                return None, ""
-            if time.perf_counter() - self.start >= maxtime:
-                return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
-            per_generation = (time.perf_counter() - tic) / max(now_done - done, 1)
-            remaining = maxtime - (time.perf_counter() - self.start)
-            chunk = int(np.clip(0.1 * remaining / max(per_generation, 1e-9), 1, 1_000_000))
-
-    def _stepwise(self) -> tuple[ReturnCode | None, str]:
-        program, options, callback = self.program, self.options, self.options.callback
-        every = options.progress.interval(options.maxiters) if self.bar is not None else 0
-        step = lambda c: program.step(  # noqa: E731
-            c, self.problem.p, self.lb, self.ub, self.params, self.tol
-        )
-        done = 0
-        pending = (self.carry, self.first) if self.first is not None else step(self.carry)
-        while True:
-            after, generation = pending
-            done += 1
-            # Dispatched before this generation is read, so the device works meanwhile.
-            nxt = step(after) if done < options.maxiters else None
-            self.carry = after
-            counts = np.asarray(after.counts)
-            state = self._state(done, after, generation)
-            if callback(state, state.objective):
-                return ReturnCode.Terminated, f"callback returned True after generation {done}"
-            if int(counts[STATUS]) != RUNNING:
-                return None, ""
-            if every and done % every == 0:
-                advance(self.bar, done, state.original.best_objective)
-            if options.maxtime is not None and time.perf_counter() - self.start >= options.maxtime:
-                return ReturnCode.MaxTime, f"maxtime={options.maxtime} s reached"
-            if nxt is None:
-                return None, ""
-            pending = nxt
-
-    def _state(self, k: int, carry: Carry, generation: Any) -> OptimizationState:
-        population, fitness, aux = generation
-        sign = self.program.derivs.sign
-        objectives = sign * np.asarray(fitness, float)
-        keys = np.where(np.isfinite(objectives), sign * objectives, np.inf)
-        i = int(np.argmin(keys))
-        u0 = self.problem.u0
-        restore = lambda x: restore_like(x, u0)  # noqa: E731
-        return OptimizationState(
-            iter=k,
-            u=restore(jax.tree.map(lambda x: x[i], population)),
-            objective=float(objectives[i]),
-            p=self.problem.p,
+        evaluation = Evaluation(
+            u=jax.tree.map(lambda x: x[i], evaluated),
+            loss=masked[i],
+            grad=None,
             aux=None if aux is None else jax.tree.map(lambda a: a[i], aux),
-            original=EvoSaxStep(
-                carry.state,
-                jax.tree.map(lambda x, r: jnp.asarray(x, jnp.result_type(r)), population, u0),
-                objectives,
-                float(sign * carry.losses[BEST]),
-            ),
+            counts=counts(1, fitness.size, 0),
+            status=status,
+            at_state=False,
+            extra=(evaluated, fitness),
         )
+        return search, evaluation
 
-    # -- the result
+    # -- the protocol
 
-    def _solution(self, retcode: ReturnCode | None, message: str) -> OptimizationSolution:
-        carry, program, sign = self.carry, self.program, self.program.derivs.sign
-        counts, losses = (np.asarray(x) for x in jax.device_get((carry.counts, carry.losses)))
-        status, iterations = int(counts[STATUS]), int(counts[ITERATIONS])
-        fevals, nonfinite = int(counts[FEVALS]), int(counts[NONFINITE])
-        notes = [f"{nonfinite} evaluations were NaN or inf"] if nonfinite else []
-        best = float(losses[BEST])
-        if not np.isfinite(best):
-            u, objective = self.problem.u0, math.nan
-            retcode, message = ReturnCode.Failure, (
-                "no evaluation returned a finite objective; returning u0" if fevals
-                else "no candidate was evaluated; returning u0"
-            )
+    def init(self, u: Any, p: Any, consts: Any) -> tuple[Search, Evaluation | None]:
+        bounds, params, tol, init_std, seed = consts
+        dtype = search_dtype()
+        u = jax.tree.map(lambda x: x.astype(dtype), u)
+        init_key, run_key = jax.random.split(seed)
+        zero = jnp.zeros((), jnp.int32)
+        search = Search(
+            state=None, key=run_key, generation=zero, done=zero,
+            best=jnp.asarray(jnp.inf, dtype), worst=jnp.asarray(-jnp.inf, dtype),
+            history=jnp.full(self.spec.patience, jnp.inf, dtype), nonfinite=zero,
+        )
+        if not self.spec.population_based:
+            mean = u
+            if self.groups is not None:
+                mean = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.groups, *x.shape)), u)
+            state = self.algorithm.init(init_key, mean, params)
+            return self._settled(search._replace(state=state), p, consts), None
+        draw_key, init_key = jax.random.split(init_key)
+        population = self._first_population(draw_key, u, bounds, init_std)
+        evaluated, told, aux, fitness = self._evaluate(population, p)
+        state = self.algorithm.init(
+            init_key, told, self._told(fitness, self._worst(search, fitness)), params
+        )
+        search, evaluation = self._generation(
+            search._replace(state=state), evaluated, aux, fitness, tol
+        )
+        return self._settled(search, p, consts), evaluation
+
+    def _settled(self, search: Search, p: Any, consts: Any) -> Search:
+        """`search` with the types a generation gives back. evosax's `init` leaves some
+        leaves weakly typed (a counter from a Python 0) or in another dtype than its `tell`
+        returns (CMAAnchoredLES's float32 step size under JAX_ENABLE_X64): made alike here,
+        the fused loop accepts the state, and a fresh state and a stepped one hit the same
+        compiled code."""
+        out = jax.eval_shape(lambda s: self.step(s, p, consts)[0], search)
+        return jax.tree.map(lambda x, s: jax.lax.convert_element_type(x, s.dtype), search, out)
+
+    def _first_population(self, key, u, bounds, init_std):
+        """`u0` and `size - 1` draws: uniform in the box, or around `u0`."""
+        x0, unravel = ravel(u)
+        shape = (self.size - 1, x0.size)
+        if self.spec.init_box:
+            lo, hi = ravel(bounds[0])[0], ravel(bounds[1])[0]
+            draws = jax.random.uniform(key, shape, x0.dtype, lo, hi)
         else:
-            u = restore_like(ravel(self.u)[1](carry.best_u), self.problem.u0)
-            objective = sign * best
-            if retcode is None:
-                retcode, message = self._verdict(status)
-        mean = None
-        if not program.spec.population_based and hasattr(program.algorithm, "get_mean"):
-            mean = program.algorithm.get_mean(carry.state)
-        return OptimizationSolution(
-            u=u,
-            objective=float(objective),
-            retcode=retcode,
-            stats=Stats(iterations=iterations, fevals=fevals),
-            original=EvoSaxResult(carry.state, mean, program.algorithm, self.params, nonfinite),
-            state=EvoSaxState(
-                carry.state, carry.key, carry.counts[GENERATION], carry.losses, carry.best_u
-            ),
-            message="; ".join(m for m in [message, *notes] if m),
+            draws = x0 + init_std * jax.random.normal(key, shape, x0.dtype)
+        population = jax.vmap(unravel)(jnp.concatenate([x0[None], draws]))
+        return self._into_box(population, bounds)
+
+    def step(self, search: Search, p: Any, consts: Any) -> tuple[Search, Evaluation]:
+        bounds, params, tol, _, _ = consts
+        ask_key, tell_key = jax.random.split(jax.random.fold_in(search.key, search.generation))
+        population, state = self.algorithm.ask(ask_key, search.state, params)
+        population = self._into_box(population, bounds)
+        evaluated, told, aux, fitness = self._evaluate(population, p)
+        state = self._tell(
+            tell_key, told, self._told(fitness, self._worst(search, fitness)), state, params
+        )
+        return self._generation(search._replace(state=state), evaluated, aux, fitness, tol)
+
+    # -- on the host
+
+    def export(self, search: Search, steps: Any, best: Any) -> EvoSaxState:
+        losses = jnp.stack([best[1].astype(search.best.dtype), search.worst])
+        return EvoSaxState(search.state, search.key, search.generation, losses, best[0])
+
+    def restore(self, public: EvoSaxState) -> tuple[Search, Any, tuple[Any, Any]]:
+        dtype = search_dtype()
+        zero = jnp.zeros((), jnp.int32)
+        search = Search(
+            state=public.state, key=public.key, generation=public.generation, done=zero,
+            best=public.losses[0], worst=public.losses[1],
+            history=jnp.full(self.spec.patience, jnp.inf, dtype), nonfinite=zero,
+        )
+        return search, public.generation, (public.best_u, public.losses[0])
+
+    def original(self, before: Search, after: Search, evaluation: Evaluation) -> EvoSaxStep:
+        population, fitness = evaluation.extra
+        sign = self.derivs.sign
+        return EvoSaxStep(
+            after.state, population, sign * np.asarray(fitness, float), float(sign * after.best)
         )
 
-    def _verdict(self, status: int) -> tuple[ReturnCode, str]:
-        patience = self.program.spec.patience
-        if status == CONVERGED_ABSTOL:
-            return ReturnCode.Success, (
-                f"best objective improved by <= abstol={self.options.abstol} over the last "
-                f"{patience} generations"
-            )
-        if status == CONVERGED_RELTOL:
-            return ReturnCode.Success, (
-                f"best objective improved by <= reltol={self.options.reltol} x |best| over "
-                f"the last {patience} generations"
-            )
-        return ReturnCode.MaxIters, f"maxiters={self.options.maxiters} generations done"
+    def result(self, search: Search, consts: Any, extra: Any) -> EvoSaxResult:
+        mean = None
+        if not self.spec.population_based and hasattr(self.algorithm, "get_mean"):
+            mean = self.algorithm.get_mean(search.state)
+        nonfinite = int(search.nonfinite)
+        return EvoSaxResult(search.state, mean, self.algorithm, consts[1], nonfinite)
 
-
-def _shapes(tree: Any) -> Any:
-    return jax.tree.structure(tree), [np.shape(x) for x in jax.tree.leaves(tree)]
+    def note(self, search: Search) -> str:
+        nonfinite = int(search.nonfinite)
+        return f"{nonfinite} evaluations were NaN or inf" if nonfinite else ""
 
 
 def _population_based(cls: type) -> bool:

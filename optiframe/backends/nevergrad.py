@@ -4,28 +4,25 @@ One run asks Nevergrad for a batch of candidates, evaluates the batch, tells Nev
 value, and repeats until the evaluation budget (`maxiters`) is spent:
 
 - an objective written in JAX (`ad="jax"`, the default) is evaluated a whole batch at a
-  time, in one `jax.vmap`-ed, jitted call (`nevergrad_eval.JaxEvaluator`);
+  time, in one `jax.vmap`-ed, jitted call, in float64 (`_nevergrad_eval.JaxEvaluator`);
 - host code (`ad="finite"` or `ad=None`) is called once per candidate on NumPy
-  (`nevergrad_eval.HostEvaluator`), or in parallel through an `executor`.
+  (`_nevergrad_eval.HostEvaluator`), or in parallel through an `executor`.
 
 Evaluations start as soon as their candidates are asked (a JAX batch once the whole batch
-is). After the budget, Nevergrad's
-recommendation is evaluated too; `sol.u` is the best point evaluated (for a deterministic
-objective), and the recommendation stays in `sol.original`. See docs/nevergrad.md.
+is). The last evaluation of the budget goes to Nevergrad's recommendation; `sol.u` is the
+best point evaluated (for a deterministic objective), and the recommendation stays in
+`sol.original`. The run around the loop (callback, bar, clock, Ctrl-C, best point) is the
+shared host lifecycle (`_host.py`). See docs/nevergrad.md.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import difflib
-import functools
-import threading
 import time
 import warnings
-import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -33,10 +30,10 @@ import numpy as np
 from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..flat import restore_like
 from ..problem import OptimizationProblem
-from ..progress import advance
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
-from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
-from .nevergrad_eval import (
+from ._host import BestPoint, HostRun
+from ._lifecycle import Stop, budget_message, call_back
+from ._nevergrad_eval import (
     Batch,
     ExecutorEvaluator,
     HostConstraints,
@@ -46,7 +43,9 @@ from .nevergrad_eval import (
     aux_at,
     join,
 )
-from .nevergrad_space import BOUNDINGS, SearchSpace
+from ._nevergrad_patches import patch, seeded_cma
+from ._nevergrad_space import BOUNDINGS, SearchSpace
+from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
 
 # Nevergrad's own cap on a loss it is told (larger values are clipped, with a warning).
 BAD_LOSS = 5.0e20
@@ -83,88 +82,6 @@ _OPTIONS: dict[str, Any] = {
 _CONSTRAINT_MODES = ("penalty", "cheap")
 
 
-# --------------------------------------------------------------------------- NumPy 2.4
-
-
-def _lenient_float(x: Any = 0.0) -> float:
-    """`float` as NumPy < 2.4 had it: a one-element array of any shape converts to its
-    element (NumPy 2.4 raises TypeError for arrays with ndim > 0)."""
-    if isinstance(x, np.ndarray) and x.ndim > 0 and x.size == 1:
-        return float(x.reshape(()))
-    return float(x)
-
-
-def _patch_metamodel() -> None:
-    """Make Nevergrad's metamodel work with NumPy >= 2.4.
-
-    `nevergrad.optimization.metamodel.learn_on_k_best` converts `model.predict(...)`, a
-    one-element array, with `float(...)`, which NumPy 2.4 turned from a DeprecationWarning
-    into a TypeError (nevergrad 1.0.12, the latest release; nevergrad issue #1612). The
-    TypeError escapes the metamodel's own `MetaModelFailure` handling and kills every
-    optimizer that consults a metamodel, NGOpt on small continuous problems included.
-    Giving that one module the conversion NumPy < 2.4 performed keeps Nevergrad's choices
-    exactly as they were; nothing else is touched.
-    """
-    from nevergrad.optimization import metamodel
-
-    if getattr(metamodel, "float", None) is not _lenient_float:
-        metamodel.float = _lenient_float  # module global; shadows the builtin there only
-
-
-# Seeds for `cma.fmin` calls made while a seeded run is in progress (innermost run last),
-# and the source each thread that called `cma.fmin` drew its first seed from.
-_CMA_SEEDS: list[np.random.RandomState] = []
-_CMA_THREAD_SEEDS: weakref.WeakKeyDictionary[threading.Thread, np.random.RandomState] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-@contextlib.contextmanager
-def seeded_cma(seed: int | None) -> Iterator[None]:
-    """Give every `cma.fmin` call without a seed, while the block runs, one drawn from
-    `seed` (nothing changes for `seed=None`).
-
-    Nevergrad's `CmaFmin2` (which NGOpt selects for some problems) calls `cma.fmin` without
-    a seed, and `cma` then seeds itself, and NumPy's global random state, from the clock:
-    a run could not be reproduced. With a seed drawn from the run's seed it can. A thread
-    keeps drawing from the run it first called `cma.fmin` in (its restarts do too).
-    """
-    if seed is None:
-        yield
-        return
-    _CMA_SEEDS.append(np.random.RandomState(seed))
-    try:
-        yield
-    finally:
-        _CMA_SEEDS.pop()
-
-
-def _patch_cma() -> None:
-    """Route `cma.fmin` through `seeded_cma`'s seeds."""
-    import cma
-
-    if getattr(cma.fmin, "_optiframe_seeded", False):
-        return
-    fmin = cma.fmin
-
-    @functools.wraps(fmin)
-    def seeded_fmin(*args: Any, **kwargs: Any) -> Any:
-        thread = threading.current_thread()
-        source = _CMA_THREAD_SEEDS.get(thread)
-        if source is None and _CMA_SEEDS:
-            source = _CMA_SEEDS[-1]
-            if thread is not threading.main_thread():  # a recast optimizer's thread
-                _CMA_THREAD_SEEDS[thread] = source
-        if source is not None and "options" in kwargs:
-            options = dict(kwargs["options"] or {})
-            options.setdefault("seed", int(source.randint(1, 2**31)))
-            kwargs["options"] = options
-        return fmin(*args, **kwargs)
-
-    seeded_fmin._optiframe_seeded = True  # type: ignore[attr-defined]
-    cma.fmin = seeded_fmin
-
-
 def _import_nevergrad() -> Any:
     try:
         import nevergrad as ng
@@ -172,8 +89,7 @@ def _import_nevergrad() -> Any:
         raise UnsupportedFeatureError(
             "opf.Nevergrad needs the nevergrad package: pip install 'optiframe[nevergrad]'."
         ) from err
-    _patch_metamodel()
-    _patch_cma()
+    patch()
     # Nevergrad's CMA tells the `cma` package points repaired into the bounds ("injected"),
     # one ask at a time, and `cma` then warns about "orphanated injected solution"s: a
     # notice about Nevergrad's calling pattern that a user cannot act on.
@@ -383,6 +299,8 @@ class Nevergrad(Algorithm):
             constraints=True,
             integrality=True,
             data=False,
+            budget="evaluations",
+            needs_budget=True,
             keywords=frozenset(("maxiters", "maxtime", "callback", "progress", "save_best")),
         )
 
@@ -404,7 +322,7 @@ class Nevergrad(Algorithm):
             **self.options,
             **_check_options(options.solver_options, "solve"),
         }
-        return _Run(self, problem, options, settings).run()
+        return _NevergradRun(self, problem, options, settings).solve()
 
 
 def _display(obj: Any) -> str:
@@ -515,45 +433,22 @@ def _stop_threads(optimizer: Any, timeout: float = 1.0) -> None:
             stack.extend(obj.values())
 
 
-@dataclasses.dataclass
-class _Best:
-    """The best candidate evaluated: feasible before infeasible, then by signed loss (or,
-    among infeasible ones, by violation)."""
+class _NevergradRun(HostRun):
+    """One call of `solve` with the Nevergrad backend: `maxiters - 1` candidates asked,
+    evaluated and told in batches, then the last evaluation of the budget spent on
+    Nevergrad's recommendation (or, when that is the best candidate already, on one more
+    candidate)."""
 
-    x: np.ndarray | None = None
-    loss: float = np.inf
-    objective: float = np.nan
-    violation: float = np.inf
-
-    def key(self, loss: float, violation: float, tol: float) -> tuple[int, float]:
-        feasible = violation <= tol
-        return (0, loss) if feasible else (1, violation)
-
-    def offer(self, x: np.ndarray, loss: float, objective: float, violation: float, tol: float):
-        if not np.isfinite(loss):
-            return
-        if self.x is None or self.key(loss, violation, tol) < self.key(
-            self.loss, self.violation, tol
-        ):
-            self.x, self.loss, self.objective, self.violation = x, loss, objective, violation
-
-
-class _Run:
-    """One call of `solve` with the Nevergrad backend."""
+    alg: Nevergrad
+    search = True
+    unit = "evaluations"
 
     def __init__(
-        self,
-        alg: Nevergrad,
-        problem: OptimizationProblem,
-        options: SolveOptions,
+        self, alg: Nevergrad, problem: OptimizationProblem, options: SolveOptions,
         settings: dict[str, Any],
     ) -> None:
-        if options.maxiters is None:
-            raise InvalidProblemError(
-                "The Nevergrad backend needs an evaluation budget: pass solve(..., maxiters=N) "
-                "(N candidates are evaluated)."
-            )
-        self.alg, self.problem, self.options, self.settings = alg, problem, options, settings
+        super().__init__(alg, problem, options)
+        self.settings = settings
         self.ng = _import_nevergrad()
         self.factory, self.label = resolve_optimizer(alg.name)
         self.family = family(self.factory)
@@ -561,6 +456,7 @@ class _Run:
         self.k = alg.num_workers
         self.executor = alg.executor
         self.tol = float(settings["constraint_tol"])
+        self.best = BestPoint(self.tol)
         self.cheap = problem.has_constraints and settings["constraints"] == "cheap"
         if getattr(self.factory, "no_parallelization", False) and self.k > 1:
             raise UnsupportedFeatureError(
@@ -597,6 +493,10 @@ class _Run:
             self.evaluator = JaxEvaluator(problem, self.k, settings["chunk"])
             self.per_call = self.k
 
+        self.fevals = self.batches = self.nonfinite = 0
+        self.recommendation, self.recommended_objective = None, np.nan
+        self.notes: list[str] = []
+
     # -- setting up
 
     def _optimizer(self) -> Any:
@@ -632,71 +532,52 @@ class _Run:
 
     # -- the loop
 
-    def run(self) -> OptimizationSolution:
-        self.start = time.perf_counter()
-        self.best = _Best()
-        self.fevals = self.batches = self.nonfinite = 0
-        self.recommended_objective = np.nan
-        self.notes: list[str] = []
-        self.bar = None
-        if self.options.progress is not None:
-            self.bar = self.options.progress.open(self.options.maxiters)
-            self.every = self.options.progress.interval(self.options.maxiters)
-            self.shown = 0
-        optimizer = self._optimizer()
+    def minimize(self) -> tuple[ReturnCode, str] | None:
+        """Run Nevergrad; None when the budget is spent, else the verdict of the optimizer's
+        own stopping rule."""
+        optimizer = self.optimizer = self._optimizer()
         self.recast = self._recast_driver(optimizer)
-        retcode, message, interrupted = None, "", False
+        budget, steady = self.options.maxiters, self.executor and not self.settings["batch_mode"]
         try:
             with seeded_cma(self.alg.seed):
-                if self.executor is not None and not self.settings["batch_mode"]:
-                    retcode, message = self._steady(optimizer)
-                else:
-                    retcode, message = self._batched(optimizer)
-        except KeyboardInterrupt:
-            warnings.warn(
-                "solve() interrupted: returning the best candidate so far (Terminated).",
-                stacklevel=4,
-            )
-            retcode, message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
-            interrupted = True
+                ended = (self._steady if steady else self._batched)(optimizer, budget - 1)
+                if self.fevals < budget:
+                    ended = self._last(optimizer) or ended
         finally:
-            if self.bar is not None:
-                self.bar.close()
             try:
-                recommendation = optimizer.provide_recommendation()
+                self.recommendation = optimizer.provide_recommendation()
             except Exception:  # a recommendation is a courtesy; the run's result stands
-                recommendation = None
+                self.recommendation = None
             _stop_threads(optimizer)
-        if recommendation is not None and not interrupted:
-            self._evaluate_recommendation(recommendation)
-        return self._solution(optimizer, recommendation, retcode, message)
+        return ended
 
-    def _evaluate_recommendation(self, recommendation: Any) -> None:
-        """Evaluate Nevergrad's recommendation, unless it is the best candidate already, and
-        let it compete: CMA recommends the mean of its search distribution and a metamodel
-        the optimum of its fitted model, points that were never evaluated and can beat every
-        evaluated one. Counted in `fevals`. With `noisy=True` it is `sol.u` whatever its value."""
+    def _last(self, optimizer: Any) -> tuple[ReturnCode, str] | None:
+        """The last evaluation of the budget: Nevergrad's recommendation, unless it is the
+        best candidate already (then one more candidate). CMA recommends the mean of its
+        search distribution and a metamodel the optimum of its fitted model, points never
+        evaluated that can beat every evaluated one. With `noisy=True` it is `sol.u`
+        whatever its value."""
+        recommendation = self._guarded(optimizer.provide_recommendation)
         X, _ = self._points([recommendation])
-        if not self.settings["noisy"] and self.best.x is not None and np.array_equal(
-            X[0], self.best.x
-        ):
-            self.recommended_objective = self.best.objective
-            return
+        noisy = self.settings["noisy"]
+        if not noisy and self.best.x is not None and np.array_equal(X[0], self.best.x):
+            self.recommended_objective = self.sign * self.best.loss
+            return self._batched(optimizer, 1)
         batch = self.evaluator.start(X)()
-        self.recommended_objective = float(batch.objectives[0])
         self.fevals += 1
+        self.recommended_objective = float(batch.objectives[0])
         if not np.isfinite(batch.losses[0]):
             self.nonfinite += 1
         worst = 0.0 if batch.violations is None else float(np.max(batch.violations[0]))
-        if self.settings["noisy"]:
-            self.best = _Best(X[0], batch.losses[0], batch.objectives[0], worst)
-        else:
-            before = self.best.x
-            self.best.offer(X[0], batch.losses[0], batch.objectives[0], worst, self.tol)
-            if self.best.x is not before:
-                self.notes.append(
-                    "the best point is Nevergrad's recommendation, evaluated after the budget"
-                )
+        if noisy:
+            self.best = BestPoint(self.tol)
+        before = self.best.x
+        self.best.offer(X[0], batch.losses[0], worst)
+        if self.best.x is not before and not noisy:
+            self.notes.append(
+                "the best point is Nevergrad's recommendation, the budget's last evaluation"
+            )
+        return None
 
     def _recast_driver(self, optimizer: Any) -> bool:
         """Whether the optimizer doing the work runs a library's own loop in a thread
@@ -759,17 +640,17 @@ class _Run:
                 optimizer.tell, candidate, float(loss), list(row), penalty_style=self.style
             )
 
-    def _batched(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
-        """Ask a batch, evaluate it, tell it, until the budget is spent. The evaluation of
-        each `self.per_call` candidates starts as soon as they are asked (with an executor,
-        each candidate's), so Nevergrad's asks overlap the evaluation of the earlier ones,
-        and the tells of each chunk the evaluation of the later ones; Nevergrad sees
-        exactly the sequential ask-all, tell-all order."""
-        budget, maxtime = self.options.maxiters, self.options.maxtime
-        while self.fevals < budget:
+    def _batched(self, optimizer: Any, budget: int) -> tuple[ReturnCode, str] | None:
+        """Ask a batch, evaluate it, tell it, until `budget` more candidates are evaluated.
+        The evaluation of each `self.per_call` candidates starts as soon as they are asked
+        (with an executor, each candidate's), so Nevergrad's asks overlap the evaluation of
+        the earlier ones, and the tells of each chunk the evaluation of the later ones;
+        Nevergrad sees exactly the sequential ask-all, tell-all order."""
+        end = self.fevals + budget
+        while self.fevals < end:
             candidates: list[Any] = []
             started: list[tuple[list[Any], np.ndarray, Any, Pending]] = []
-            size = min(self.k, budget - self.fevals)
+            size = min(self.k, end - self.fevals)
             while len(candidates) < size:
                 candidate = self._ask(optimizer)
                 if candidate is None:
@@ -778,10 +659,7 @@ class _Run:
                 if len(candidates) % self.per_call == 0:
                     started.append(self._start(candidates[-self.per_call :]))
             if not candidates:
-                return ReturnCode.Success, (
-                    f"{self.selected}'s own stopping rule ended it after {self.fevals} "
-                    "evaluations"
-                )
+                return self._finished()
             if len(candidates) % self.per_call:
                 started.append(self._start(candidates[-(len(candidates) % self.per_call) :]))
             X, batches = [], []
@@ -790,22 +668,27 @@ class _Run:
                 self._tell_all(optimizer, chunk, batch, box)
                 X.append(points)
                 batches.append(batch)
-            stop = self._after_batch(optimizer, candidates, np.concatenate(X), join(batches))
-            if stop is not None:
-                return stop
-            if maxtime is not None and time.perf_counter() - self.start >= maxtime:
-                return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
-        return None, ""
+            self._after_batch(optimizer, candidates, np.concatenate(X), join(batches))
+        return None
+
+    @property
+    def done(self) -> int:
+        """What the bar counts: evaluations."""
+        return self.fevals
+
+    def _finished(self) -> tuple[ReturnCode, str]:
+        return ReturnCode.Success, (
+            f"{self.selected}'s own stopping rule ended it after {self.fevals} evaluations"
+        )
 
     def _start(self, candidates: list[Any]) -> tuple[list[Any], np.ndarray, Any, Pending]:
         """Start evaluating `candidates`: (them, their points, box violations, pending)."""
         X, box = self._points(candidates)
         return candidates, X, box, self.evaluator.start(X)
 
-    def _steady(self, optimizer: Any) -> tuple[ReturnCode | None, str]:
+    def _steady(self, optimizer: Any, budget: int) -> tuple[ReturnCode, str] | None:
         """Nevergrad's steady state with an executor: keep `num_workers` evaluations
         running, tell each result as it arrives (the order depends on timing)."""
-        budget, maxtime = self.options.maxiters, self.options.maxtime
         running: dict[Any, Any] = {}
         asked = 0
         exhausted = False
@@ -820,93 +703,73 @@ class _Run:
                     asked += 1
                 if not running:
                     break
-                timeout = None
-                if maxtime is not None:
-                    timeout = max(0.0, maxtime - (time.perf_counter() - self.start))
-                done, _ = _wait(list(running), timeout)
-                if not done:
-                    return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
+                remaining = self.clock.remaining()
+                done, _ = _wait(list(running), remaining if np.isfinite(remaining) else None)
+                self.clock.check()
                 done = [f for f in running if f in done]  # in asked order
                 candidates = [running.pop(f) for f in done]
                 X, box = self._points(candidates)
                 batch = self.evaluator.collect(X, done)
                 self._tell_all(optimizer, candidates, batch, box)
-                stop = self._after_batch(optimizer, candidates, X, batch)
-                if stop is not None:
-                    return stop
-                if maxtime is not None and time.perf_counter() - self.start >= maxtime:
-                    return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
+                self._after_batch(optimizer, candidates, X, batch)
         finally:
             for future in running:
                 future.cancel()
-        if exhausted:
-            return ReturnCode.Success, (
-                f"{self.selected}'s own stopping rule ended it after {self.fevals} evaluations"
-            )
-        return None, ""
+        return self._finished() if exhausted else None
 
     def _after_batch(
         self, optimizer: Any, candidates: list[Any], X: np.ndarray, batch: Batch
-    ) -> tuple[ReturnCode, str] | None:
+    ) -> None:
+        """Count a told batch, keep its best candidate, show it to the bar and the callback,
+        and check the clock."""
         b = len(candidates)
         self.fevals += b
         self.batches += 1
-        finite = np.isfinite(batch.losses)
-        self.nonfinite += int(np.sum(~finite))
-        worst = (
-            np.zeros(b) if batch.violations is None else np.max(batch.violations, axis=1)
-        )
+        self.nonfinite += int(np.sum(~np.isfinite(batch.losses)))
+        worst = np.zeros(b) if batch.violations is None else np.max(batch.violations, axis=1)
         for i in range(b):
-            self.best.offer(X[i], batch.losses[i], batch.objectives[i], worst[i], self.tol)
-        if self.bar is not None and self.fevals - self.shown >= self.every:
-            advance(self.bar, self.fevals, self.best.objective)
-            self.shown = self.fevals
-        callback = self.options.callback
-        if callback is None:
-            return None
-        keys = [self.best.key(batch.losses[i], worst[i], self.tol) for i in range(b)]
-        keys = [k if np.isfinite(batch.losses[i]) else (2, 0.0) for i, k in enumerate(keys)]
-        i = min(range(b), key=keys.__getitem__)
-        us = [self.space.tree(x) for x in X]
-        state = OptimizationState(
-            iter=self.batches,
-            u=restore_like(us[i], self.problem.u0),
-            objective=float(batch.objectives[i]),
-            p=self.problem.p,
-            aux=aux_at(batch.aux, i),
-            original=NevergradStep(
-                optimizer,
-                candidates,
-                us,
-                batch.objectives,
-                None if batch.violations is None else worst,
-                float(self.best.objective),
-            ),
-        )
-        if callback(state, state.objective):
-            return ReturnCode.Terminated, f"callback returned True after batch {self.batches}"
-        return None
+            self.best.offer(X[i], batch.losses[i], worst[i])
+        self.progress.show(self.fevals, self.sign * self.best.loss)
+        if self.options.callback is not None:
+            keys = [
+                (0, loss) if v <= self.tol else (1, v) if np.isfinite(loss) else (2, 0.0)
+                for loss, v in zip(batch.losses, worst)
+            ]
+            i = min(range(b), key=keys.__getitem__)
+            us = [self.space.tree(x) for x in X]
+            step = NevergradStep(
+                optimizer, candidates, us, batch.objectives,
+                None if batch.violations is None else worst, float(self.sign * self.best.loss),
+            )
+            call_back(self.options.callback, OptimizationState(
+                iter=self.batches, u=restore_like(us[i], self.problem.u0),
+                objective=float(batch.objectives[i]), p=self.problem.p,
+                aux=aux_at(batch.aux, i), original=step,
+            ))
+        self.clock.check()
 
     # -- the result
 
-    def _solution(
-        self, optimizer: Any, recommendation: Any, retcode: ReturnCode | None, message: str
-    ) -> OptimizationSolution:
+    def solution(self, result: Any, stop: Stop) -> OptimizationSolution:
         problem, best, space = self.problem, self.best, self.space
+        retcode, message = stop.retcode, stop.message
+        if retcode is None and result is not None:
+            retcode, message = result
         recommended_u = None
-        if recommendation is not None:
-            recommended_u = restore_like(space.tree(space.flat(recommendation.value)), problem.u0)
-        x, objective = best.x, best.objective
+        if self.recommendation is not None:
+            recommended_u = restore_like(
+                space.tree(space.flat(self.recommendation.value)), problem.u0
+            )
+        x, objective = best.x, self.sign * best.loss
         notes = list(self.notes)
         if self.nonfinite:
             notes.append(f"{self.nonfinite} evaluations were NaN or inf")
         if x is None:
-            x = space.x0
+            x, objective = space.x0, np.nan
             retcode, message = ReturnCode.Failure, (
                 "no evaluation returned a finite objective; returning u0"
                 if self.fevals else "no candidate was evaluated; returning u0"
             )
-            objective = np.nan
         elif problem.has_constraints and best.violation > self.tol and not self.settings["noisy"]:
             if retcode is None or retcode is ReturnCode.Success:
                 retcode = ReturnCode.Infeasible
@@ -915,24 +778,17 @@ class _Run:
                 f"the least violating one (largest violation {best.violation:.3g})"
             ))
         if retcode is None:
-            retcode, message = ReturnCode.MaxIters, (
-                f"maxiters={self.options.maxiters} evaluations done"
-            )
-        message = "; ".join([m for m in [message, *notes] if m])
+            retcode, message = budget_message(self.options, self.unit)
         return OptimizationSolution(
             u=restore_like(space.tree(x), problem.u0),
             objective=float(objective),
             retcode=retcode,
             stats=Stats(iterations=self.batches, fevals=self.fevals),
             original=NevergradResult(
-                recommendation,
-                recommended_u,
-                self.recommended_objective,
-                optimizer,
-                self.selected,
-                self.nonfinite,
+                self.recommendation, recommended_u, self.recommended_objective,
+                self.optimizer, self.selected, self.nonfinite,
             ),
-            message=message,
+            message="; ".join(m for m in [message, *notes] if m),
         )
 
 

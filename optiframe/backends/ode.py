@@ -2,7 +2,7 @@
 
 Minimise `f` by integrating the gradient flow `du/dt = −∇f(u)` from `u0` towards a
 steady state with an ODE solver. The algorithms here are cheap, immutable descriptions;
-the integration itself (`ode_flow.py`) and the Runge–Kutta–Chebyshev solver (`rkc.py`)
+the integration itself (`_ode_flow.py`) and the Runge–Kutta–Chebyshev solver (`_rkc.py`)
 import diffrax and equinox only when a gradient-flow solve runs.
 
 | algorithm | integrator | steps |
@@ -21,10 +21,13 @@ import math
 import sys
 from typing import Any, NamedTuple
 
-from ..errors import InvalidProblemError, OptiframeError
+from ..errors import InvalidProblemError, UnsupportedFeatureError
+from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register
 
-_KEYWORDS = frozenset(("maxiters", "maxtime", "abstol", "reltol", "callback", "warm_start"))
+_KEYWORDS = frozenset((
+    "maxiters", "maxtime", "abstol", "reltol", "callback", "progress", "warm_start", "save_best",
+))
 
 
 class GradientFlowState(NamedTuple):
@@ -74,12 +77,16 @@ class GradientFlowAlgorithm(Algorithm):
     `‖∇f(u)‖₂ ≤ reltol · ‖u‖₂` (the flow's relative rate of change); both are diffrax's
     steady-state condition, tested after every step by a `diffrax.Event`, and return
     `Success`. `maxiters` caps the accepted steps (`MaxIters`), `maxtime` the wall time
-    (`MaxTime`).
+    (`MaxTime`). With `save_best` or a callback the flow is integrated one accepted step
+    per compiled call, so that every iterate is seen.
     """
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(needs=frozenset({"grad"}), keywords=_KEYWORDS)
+        return Capabilities(
+            needs=frozenset({"grad"}), budget="accepted ODE steps", needs_budget=True,
+            keywords=_KEYWORDS,
+        )
 
     def components(self) -> tuple[Any, Any, float | None]:
         """(diffrax solver, diffrax step size controller, first step or None)."""
@@ -91,20 +98,37 @@ class GradientFlowAlgorithm(Algorithm):
         return self
 
     def solve(self, problem: Any, options: SolveOptions) -> Any:
-        if options.solver_options:
-            raise OptiframeError(
-                f"Unknown options for the gradient-flow backend: "
-                f"{sorted(options.solver_options)}; configure the algorithm itself (e.g. "
-                "opf.RKAccelerated(rtol=1e-4) or opf.GradientFlow(solver, "
-                "stepsize_controller=...))."
-            )
+        check_options(
+            options.solver_options, (), f"solve(..., **options) with {self!r}",
+            "Configure the algorithm itself, e.g. opf.RKAccelerated(rtol=1e-4) or "
+            "opf.GradientFlow(solver, stepsize_controller=...).",
+        )
         try:
-            from .ode_flow import FlowRun
+            from ._ode_flow import FlowMethod
         except ImportError as err:
-            raise OptiframeError(
+            raise UnsupportedFeatureError(
                 f"{self!r} needs diffrax and equinox: pip install 'optiframe[ode]'."
             ) from err
-        return FlowRun(self, problem, options).run()
+        import jax
+        import jax.numpy as jnp
+
+        from ..derivatives import derivatives
+        from ..flat import device_shapes
+        from ._device import DeviceRun
+
+        shapes = device_shapes(problem.u0)
+        leaves, treedef = jax.tree.flatten(shapes)
+        n = sum(leaf.size for leaf in leaves)
+        tests = (options.abstol is not None, options.reltol is not None)
+        identity = (self.cache_key, treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
+
+        def build() -> FlowMethod:
+            derivs = derivatives(problem.f, problem.sense)
+            return FlowMethod(self, derivs, tests, n, identity)
+
+        run = DeviceRun(self, problem, options, ("flow", identity, tests), build)
+        dtype = jnp.result_type(*(x.dtype for x in leaves))
+        return run.solve(jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], dtype))
 
 
 def _pid(rtol: float, atol: float) -> Any:
@@ -211,7 +235,7 @@ class HighOrderDescent(_Adaptive):
 class RKChebyshevDescent(_Adaptive):
     """A stabilised explicit method on the gradient flow: damped second-order
     Runge–Kutta–Chebyshev (RKC, Sommeijer–Shampine–Verwer 1997; see
-    `optiframe.backends.rkc.RKC`), adaptive.
+    `optiframe.backends._rkc.RKC`), adaptive.
 
     Each step uses `s` stages with `s ≈ √(1.54 h ρ)`, where `ρ` is the largest
     curvature, estimated by the nonlinear power method. Its stability interval grows like
@@ -247,7 +271,7 @@ class RKChebyshevDescent(_Adaptive):
         _positive("RKChebyshevDescent", "spectral_radius", self.spectral_radius, allow_none=True)
 
     def _solver(self) -> Any:
-        from .rkc import RKC
+        from ._rkc import RKC
 
         radius = None if self.spectral_radius is None else float(self.spectral_radius)
         return RKC(max_stages=self.max_stages, spectral_radius=radius)

@@ -1,59 +1,33 @@
 """The optax backend: any `optax.GradientTransformation` behind `solve`.
 
-Two drivers run the compiled iteration of `optax_loop.py`:
-
-- fused: no callback, and `p` fixed or an `opf.DataLoader` — the whole run is one jitted
-  `lax.while_loop` (with `maxtime`, a few chunks of it, the clock read between them);
-- stepwise: a callback or any other data iterator — one jitted step per iteration, the next
-  step dispatched before the host looks at the current one, so the callback overlaps the
-  device's work.
+One iteration evaluates the loss and gradient at the current iterate, tests for a stop, and
+applies the optimizer's update (projected onto the bounds, if any): `OptaxMethod`, run by
+the shared on-device lifecycle (`_device.py`), which owns the loop, the callback, the data
+and the rest.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import time
 import types
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from ..data import DataLoader, is_data_iterator
-from ..derivatives import derivatives
-from ..errors import ObjectiveError, OptiframeError
-from ..flat import restore_like, to_device
+from ..derivatives import Derivatives, derivatives
+from ..errors import OptiframeError
+from ..flat import to_device
 from ..problem import OptimizationProblem
-from ..progress import advance
-from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
+from ..solution import OptimizationSolution, ReturnCode
+from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts, loss_dtype
+from ._lifecycle import check_options
 from .base import COMMON_KEYWORDS, Algorithm, Capabilities, SolveOptions, register, register_adapter
-from .optax_loop import (
-    BEST,
-    CONVERGED_ABSTOL,
-    CONVERGED_RELTOL,
-    FEVALS,
-    FINAL,
-    GEVALS,
-    ITERATIONS,
-    LAST,
-    NONFINITE,
-    RUNNING,
-    STATUS,
-    STEPS,
-    Carry,
-    LoopProgram,
-    LoopSpec,
-    linesearch_states,
-    loss_dtype,
-)
 
-_CACHE_SIZE = 8  # compiled programs kept per objective
+ABSTOL, RELTOL = FIRST_STOP, FIRST_STOP + 1
 
 
 class OptaxState(NamedTuple):
@@ -114,7 +88,7 @@ def _structure(alg: Optax) -> tuple[bool, bool]:
         init = alg.transform.init
         lookahead = getattr(init, "__qualname__", "").startswith("lookahead.")
         params = optax.LookaheadParams.init_synced(jnp.zeros(1)) if lookahead else jnp.zeros(1)
-        linesearch = bool(linesearch_states(jax.eval_shape(init, params)))
+        linesearch = bool(_linesearch_states(jax.eval_shape(init, params)))
         if len(_STRUCTURES) > 256:
             _STRUCTURES.clear()
         _STRUCTURES[alg.fingerprint] = (lookahead, linesearch)
@@ -173,6 +147,7 @@ class Optax(Algorithm):
             bounds=True,
             data=not self.linesearch,
             needs=frozenset({"grad"}),
+            needs_budget=True,
             keywords=frozenset(COMMON_KEYWORDS),
         )
 
@@ -181,280 +156,187 @@ class Optax(Algorithm):
         return f"Optax({name})"
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        if options.solver_options:
-            raise OptiframeError(
-                f"Unknown options for the optax backend: {sorted(options.solver_options)}; "
-                "configure the optimizer itself (e.g. optax.adam(learning_rate, b1=...))."
-            )
-        return _Run(self, problem, options).run()
-
-
-def _program(alg: Optax, problem: OptimizationProblem, spec: LoopSpec) -> LoopProgram:
-    """The compiled loop for this objective, optimizer and spec: cached on the objective
-    (least recently used dropped past `_CACHE_SIZE`), keyed by the transform's fingerprint."""
-    cache = problem.f._cache.setdefault("optax", collections.OrderedDict())
-    key = (problem.sense, alg.fingerprint, spec)
-    if key in cache:
-        cache.move_to_end(key)
-    else:
-        cache[key] = LoopProgram(alg.transform, derivatives(problem.f, problem.sense), spec)
-        if len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
-    return cache[key]
-
-
-_END = object()  # the end of the stepwise driver's batches
-
-
-class _Run:
-    """One call of `solve` with the optax backend."""
-
-    def __init__(self, alg: Optax, problem: OptimizationProblem, options: SolveOptions):
-        if options.maxiters is None and not is_data_iterator(problem.p):
-            raise OptiframeError(
-                "The optax backend needs an iteration budget: pass solve(..., maxiters=N)."
-            )
-        self.alg, self.problem, self.options = alg, problem, options
-        p = problem.p
-        self.loader = p if isinstance(p, DataLoader) else None
-        self.fused = options.callback is None and (self.loader or not is_data_iterator(p))
-        loader_shape = None
-        if self.fused and self.loader is not None:
-            loader = self.loader
-            loader_shape = (loader.num_samples, loader.batch_size, loader.last_batch_size)
-        spec = LoopSpec(
-            lookahead=alg.lookahead,
-            linesearch=alg.linesearch,
+        check_options(
+            options.solver_options, (), "solve(..., **options) with optax",
+            "Configure the optimizer itself, e.g. optax.adam(learning_rate, b1=...).",
+        )
+        spec = OptaxSpec(
+            lookahead=self.lookahead,
+            linesearch=self.linesearch,
             reuse_value=(
-                alg.linesearch and not alg.lookahead and not problem.has_bounds
+                self.linesearch and not self.lookahead and not problem.has_bounds
                 and not problem.f.has_aux
             ),
             bounded=problem.has_bounds,
             abstol=options.abstol is not None,
             reltol=options.reltol is not None,
-            track_best=self.fused and options.save_best,
-            loader=loader_shape,
-            progress=self.fused and options.progress is not None,
         )
-        self.program = _program(alg, problem, spec)
-        u = to_device(problem.u0)
-        self.lb = self.ub = None
+        bounds = None
         if problem.has_bounds:
-            self.lb = jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), problem.lb, u)
-            self.ub = jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), problem.ub, u)
-        self.tol = jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], loss_dtype())
-        self.initial = self._initial_carry(u)
-        self.carry = self.initial
-        # The best evaluated iterate when the host tracks it (stepwise driver).
-        self.best_u, self.best_loss = None, np.inf
-
-    def _initial_carry(self, u: Any) -> Carry:
-        warm = self.options.warm_start
-        if warm is None:
-            return self.program.init(u)
-        state = warm.state
-        ours = jax.eval_shape(self.program.init, u)
-        ours = jax.tree.map(np.shape, (ours.params, ours.opt_state))
-        if not isinstance(state, OptaxState) or (
-            jax.tree.map(np.shape, (state.params, state.opt_state)) != ours
-        ):
-            raise OptiframeError(
-                "`solve(warm_start=sol)`: sol.state does not come from this optimizer on a "
-                "problem of this shape. To start another algorithm from a result, use "
-                "prob.remake(u0=sol.u)."
+            u = to_device(problem.u0)
+            bounds = tuple(
+                jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), bound, u)
+                for bound in (problem.lb, problem.ub)
             )
-        return self.program.resume(state.params, state.opt_state, state.steps)
+        tol = jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], loss_dtype())
+        build = lambda: OptaxMethod(self, derivatives(problem.f, problem.sense), spec)  # noqa: E731
+        run = DeviceRun(self, problem, options, ("optax", self.fingerprint, spec), build)
+        return run.solve((bounds, tol))
 
-    # -- drivers
 
-    def run(self) -> OptimizationSolution:
-        self.start = time.perf_counter()
-        self.bar = None
-        if self.options.progress is not None:
-            self.bar = self.options.progress.open(self.options.maxiters)
-        retcode, message = None, ""
-        self.last_batch = self.problem.p  # the stepwise driver updates it
-        try:
-            retcode, message = self._fused() if self.fused else self._stepwise()
-        except KeyboardInterrupt:
-            warnings.warn(
-                "solve() interrupted: returning the best iterate so far (Terminated).",
-                stacklevel=4,
-            )
-            retcode, message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
-        finally:
-            if self.bar is not None:
-                jax.effects_barrier()
-                self.bar.close()
-        return self._solution(retcode, message)
+def _linesearch_states(state: Any) -> list[Any]:
+    kinds = (optax.ScaleByZoomLinesearchState, optax.ScaleByBacktrackingLinesearchState)
+    nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kinds))
+    return [node for node in nodes if isinstance(node, kinds)]
 
-    def _fused(self) -> tuple[ReturnCode | None, str]:
-        maxiters, maxtime = self.options.maxiters, self.options.maxtime
-        every = 1
-        if self.bar is not None:
-            bar, every = self.bar, self.options.progress.interval(maxiters)
-            sign = self.program.derivs.sign
-            self.program.progress_hook = lambda i, loss: advance(bar, i, sign * loss)
-        run = lambda c, limit: self._run_fused(self.program, c, limit, every)  # noqa: E731
-        if maxtime is None:
-            self.carry = run(self.carry, maxiters)
-            return None, ""
-        chunk = 8
-        while True:
-            done = int(self.carry.counts[ITERATIONS])
-            tic = time.perf_counter()
-            self.carry = run(self.carry, min(maxiters, done + chunk))
-            counts = np.asarray(self.carry.counts)
-            status, now_done = int(counts[STATUS]), int(counts[ITERATIONS])
-            if status != RUNNING or now_done >= maxiters:
-                return None, ""
-            if time.perf_counter() - self.start >= maxtime:
-                return ReturnCode.MaxTime, f"maxtime={maxtime} s reached"
-            per_step = (time.perf_counter() - tic) / max(now_done - done, 1)
-            remaining = maxtime - (time.perf_counter() - self.start)
-            chunk = int(np.clip(0.1 * remaining / max(per_step, 1e-9), 1, 1_000_000))
 
-    def _run_fused(self, program: LoopProgram, carry: Carry, limit: int, every: int) -> Carry:
-        if self.loader is not None:
-            p, key = self.loader.arrays, self.loader.key if self.loader.shuffle else None
-        else:
-            p, key = self.problem.p, None
-        return program.run(carry, limit, p, key, self.lb, self.ub, self.tol, every)
+@dataclasses.dataclass(frozen=True)
+class OptaxSpec:
+    """The static settings one optax program depends on (besides shapes).
 
-    def _batches(self) -> Iterator[Any]:
-        """The batches of the stepwise driver, one per iteration."""
-        p, total = self.problem.p, self.options.maxiters
-        if not is_data_iterator(p):
-            for _ in range(total):
-                yield p
-            return
-        if self.loader is not None:
-            steps, per_epoch = int(self.carry.counts[STEPS]), len(self.loader)
-            for k in range(steps, steps + total):
-                epoch, index = divmod(k, per_epoch)
-                if index == 0 or k == steps:
-                    order = self.loader.order(epoch)
-                yield self.loader.batch(epoch, index, order)
-            return
-        taken, epoch, epochs = 0, 0, self.options.epochs
-        while epochs is None or epoch < epochs:
-            empty = True
-            for batch in p:
-                if total is not None and taken >= total:
-                    return
-                empty, taken = False, taken + 1
-                yield batch
-            if empty:
-                raise OptiframeError("`p` is a data iterator that yielded no batch.")
-            epoch += 1
+    Attributes:
+        lookahead: params are `optax.LookaheadParams`; gradients at the fast weights.
+        linesearch: the optimizer runs a line search (its evaluations are counted, and
+            with `reuse_value` its stored value and gradient are used for the next step).
+        reuse_value: take the loss and gradient from the line search's state.
+        bounded: project onto `[lb, ub]` after each update.
+        abstol, reltol: which convergence tests run.
+    """
 
-    def _stepwise(self) -> tuple[ReturnCode | None, str]:
-        program, callback, options = self.program, self.options.callback, self.options
-        every = options.progress.interval(options.maxiters) if self.bar is not None else 0
-        batches = self._batches()
-        step = lambda c, b: program.step(c, b, self.lb, self.ub, self.tol)  # noqa: E731
-        batch = next(batches, _END)
-        if batch is _END:
-            raise OptiframeError("`p` is a data iterator that yielded no batch.")
-        before, pending, k = self.carry, step(self.carry, batch), 0
-        while True:
-            k += 1
-            after, (loss, grad, aux) = pending
-            next_batch = next(batches, _END)
-            # Dispatched before reading this step's loss, so the device works meanwhile.
-            nxt = step(after, next_batch) if next_batch is not _END else None
-            objective = float(loss)
-            self.carry, self.last_batch = after, batch
-            if not np.isfinite(objective):
-                return None, ""
-            u = program.eval_point(before.params)
-            if self.program.derivs.sign * objective < self.best_loss:
-                self.best_u, self.best_loss = u, self.program.derivs.sign * objective
-            if callback is not None:
-                state = OptimizationState(
-                    iter=k, u=u, objective=objective, grad=grad, p=batch, aux=aux,
-                    original=before.opt_state,
-                )
-                if callback(state, objective):
-                    return ReturnCode.Terminated, f"callback returned True at iteration {k}"
-            if program.spec.stops_early and int(after.counts[STATUS]) != RUNNING:
-                return None, ""
-            if every and k % every == 0:
-                advance(self.bar, k, objective)
-            if options.maxtime is not None and time.perf_counter() - self.start >= options.maxtime:
-                return ReturnCode.MaxTime, f"maxtime={options.maxtime} s reached"
-            if nxt is None:
-                return None, ""
-            before, batch, pending = after, next_batch, nxt
+    lookahead: bool
+    linesearch: bool
+    reuse_value: bool
+    bounded: bool
+    abstol: bool
+    reltol: bool
 
-    # -- the result
 
-    def _best(self, carry: Carry) -> tuple[Any, float]:
-        """The best finite evaluated iterate and its signed loss."""
-        if self.program.spec.track_best:
-            return carry.best_u, float(carry.losses[BEST])
-        if not self.fused:
-            return self.best_u, self.best_loss
-        # The fused loop kept no best iterate (that costs time every step): replay the
-        # deterministic run from its start, tracking it, up to where it stopped.
-        spec = dataclasses.replace(self.program.spec, track_best=True, progress=False)
-        program = _program(self.alg, self.problem, spec)
-        start = self.initial
-        replay = program.resume(start.params, start.opt_state, start.counts[STEPS])
-        replay = self._run_fused(program, replay, int(carry.counts[ITERATIONS]) + 1, 1)
-        return replay.best_u, float(replay.losses[BEST])
+class OptaxMethod(DeviceMethod):
+    """One optax iteration. The state is `(params, opt_state, previous loss)`.
 
-    def _solution(self, retcode: ReturnCode | None, message: str) -> OptimizationSolution:
-        carry, program, sign = self.carry, self.program, self.program.derivs.sign
-        counts, losses = (np.array(x) for x in jax.device_get((carry.counts, carry.losses)))
-        status, iterations = int(counts[STATUS]), int(counts[ITERATIONS])
-        fevals, gevals = int(counts[FEVALS]), int(counts[GEVALS])
-        if status == NONFINITE and iterations == 0 and self.options.warm_start is None:
-            raise ObjectiveError(
-                f"The objective is {sign * losses[LAST]} at u0; start from a point where it "
-                "is finite."
-            )
-        if status == RUNNING and not np.isfinite(losses[FINAL]):
-            # The loop did not evaluate its final iterate (stepwise driver, or a stop from
-            # the host before the first fused chunk ended): evaluate it once.
-            batch = self.last_batch
-            if self.fused and self.loader is not None:
-                epoch, index = divmod(max(int(counts[STEPS]) - 1, 0), len(self.loader))
-                batch = self.loader.batch(epoch, index)
-            losses[FINAL] = float(program.final(carry, batch))
-            fevals += 1
-        last_loss = losses[FINAL] if status == RUNNING else losses[LAST]
-        if retcode is None:
-            retcode, message = self._verdict(status, last_loss)
-        u, loss = program.user_point(carry.params), last_loss
-        if retcode is ReturnCode.Failure or self.options.save_best:
-            best_u, best_loss = self._best(carry)
-            if best_u is not None and (best_loss < loss or not np.isfinite(loss)):
-                u, loss = best_u, best_loss
-        return OptimizationSolution(
-            u=restore_like(u, self.problem.u0),
-            objective=float(sign * loss),
-            retcode=retcode,
-            stats=Stats(iterations=iterations, fevals=fevals, gevals=gevals),
-            original=carry.opt_state,
-            state=OptaxState(carry.params, carry.opt_state, carry.counts[STEPS]),
-            message=message,
+    `abstol` stops when the gradient's 2-norm (over all leaves) is at most `abstol`; `reltol`
+    when the loss changes by at most `reltol * |previous loss|`. A stop keeps the iterate
+    that passed the test: its update is not applied.
+    """
+
+    stops = {
+        ABSTOL: (ReturnCode.Success, "gradient norm <= abstol={options.abstol}"),
+        RELTOL: (
+            ReturnCode.Success, "relative change of the objective <= reltol={options.reltol}"
+        ),
+    }
+    state_type = OptaxState
+    answer = "the best iterate so far"
+
+    def __init__(self, alg: Optax, derivs: Derivatives, spec: OptaxSpec) -> None:
+        self.transform, self.derivs, self.spec = alg.transform, derivs, spec
+
+    def _eval_point(self, params: Any) -> Any:
+        """Where the gradient is taken: the fast weights under lookahead."""
+        return params.fast if self.spec.lookahead else params
+
+    def point(self, state: Any) -> Any:
+        """What the user gets back: the slow weights under lookahead."""
+        params = state[0]
+        return params.slow if self.spec.lookahead else params
+
+    def init(self, u: Any, p: Any, consts: Any) -> tuple[Any, None]:
+        params = optax.LookaheadParams.init_synced(u) if self.spec.lookahead else u
+        return (params, self.transform.init(params), jnp.asarray(jnp.inf, loss_dtype())), None
+
+    def _evaluate(self, state: Any, p: Any) -> tuple[Any, Any, Any, Any]:
+        """(loss, aux, grad, fresh evaluations) at the state's evaluation point; with
+        `reuse_value`, the line search's stored value and gradient where it has them."""
+        point = self._eval_point(state[0])
+
+        def evaluate():
+            (loss, aux), grad = self.derivs.value_and_grad(point, p)
+            return jnp.asarray(loss, loss_dtype()), aux, grad
+
+        if not self.spec.reuse_value:
+            return *evaluate(), 1
+        stored = _linesearch_states(state[1])[0]
+        have = jnp.isfinite(stored.value)
+        loss, grad = jax.lax.cond(
+            have,
+            lambda: (stored.value.astype(loss_dtype()), stored.grad),
+            lambda: (lambda loss, aux, grad: (loss, grad))(*evaluate()),
         )
+        return loss, None, grad, jnp.where(have, 0, 1)
 
-    def _verdict(self, status: int, last_loss: float) -> tuple[ReturnCode, str]:
-        if status == NONFINITE or not np.isfinite(last_loss):
-            iterations = int(self.carry.counts[ITERATIONS])
-            return ReturnCode.Failure, (
-                f"the objective became non-finite after {iterations} iterations; returning "
-                "the best finite iterate"
+    def _update(self, state: Any, grad: Any, loss: Any, p: Any, bounds: Any):
+        """(params, opt_state, line-search fevals, line-search gevals) after one update."""
+        (params, opt_state, _), tx = state, self.transform
+        if isinstance(tx, optax.GradientTransformationExtraArgs):
+            value_fn = lambda w: self.derivs.value(w, p)  # noqa: E731
+            updates, opt_state = tx.update(
+                grad, opt_state, params, value=loss, grad=grad, value_fn=value_fn
             )
-        if status == CONVERGED_ABSTOL:
-            return ReturnCode.Success, f"gradient norm <= abstol={self.options.abstol}"
-        if status == CONVERGED_RELTOL:
-            return ReturnCode.Success, (
-                f"relative change of the objective <= reltol={self.options.reltol}"
-            )
-        return ReturnCode.MaxIters, f"maxiters={self.options.maxiters} iterations done"
+        else:
+            updates, opt_state = tx.update(grad, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if self.spec.bounded:
+            project = lambda x: optax.projections.projection_box(x, *bounds)  # noqa: E731
+            if self.spec.lookahead:
+                params = optax.LookaheadParams(project(params.fast), project(params.slow))
+            else:
+                params = project(params)
+        fevals = gevals = jnp.zeros((), jnp.int32)
+        for node in _linesearch_states(opt_state) if self.spec.linesearch else ():
+            count = node.info.num_linesearch_steps.astype(jnp.int32)
+            fevals += count
+            if isinstance(node, optax.ScaleByZoomLinesearchState):
+                gevals += count
+            elif node.grad is not None:
+                gevals += 1
+        return params, opt_state, fevals, gevals
+
+    def step(self, state: Any, p: Any, consts: Any) -> tuple[Any, Evaluation]:
+        spec, (bounds, tol), previous = self.spec, consts, state[2]
+        loss, aux, grad, fresh = self._evaluate(state, p)
+        finite = jnp.isfinite(loss)
+        status = jnp.asarray(RUNNING, jnp.int32)
+        if spec.abstol:
+            status = jnp.where(finite & (optax.tree.norm(grad) <= tol[0]), ABSTOL, status)
+        if spec.reltol:
+            change = jnp.abs(loss - previous)
+            still = jnp.isfinite(previous) & (change <= tol[1] * jnp.abs(previous))
+            status = jnp.where((status == RUNNING) & still, RELTOL, status)
+        params, opt_state, ls_fevals, ls_gevals = self._update(state, grad, loss, p, bounds)
+        go = finite & (status == RUNNING)
+        stops = spec.abstol or spec.reltol
+        if stops:  # keep the iterate that passed the test
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)  # noqa: E731
+            params, opt_state = keep((params, opt_state), state[:2])
+        n = sum(x.size for x in jax.tree.leaves(self._eval_point(state[0])))
+        cost = self.derivs.fevals_per("value_and_grad", n)
+        go_ = go.astype(jnp.int32)
+        evaluation = Evaluation(
+            u=self._eval_point(state[0]),
+            loss=loss,
+            grad=grad,
+            aux=aux,
+            counts=counts(go_, fresh * cost + go_ * ls_fevals, fresh + go_ * ls_gevals),
+            status=status,
+            at_state=~go & stops & (not spec.lookahead),
+        )
+        return (params, opt_state, loss), evaluation
+
+    def final(self, state: Any, p: Any, consts: Any) -> tuple[Any, jax.Array]:
+        return self.derivs.value(self.point(state), p).astype(loss_dtype()), counts(0, 1, 0)
+
+    def export(self, state: Any, steps: Any, best: Any) -> OptaxState:
+        return OptaxState(state[0], state[1], steps)
+
+    def restore(self, public: OptaxState) -> tuple[Any, Any, None]:
+        state = (public.params, public.opt_state, jnp.asarray(jnp.inf, loss_dtype()))
+        return state, public.steps, None
+
+    def original(self, before: Any, after: Any, evaluation: Evaluation) -> Any:
+        return before[1]
+
+    def result(self, state: Any, consts: Any, extra: Any) -> Any:
+        return state[1]
 
 
 @functools.cache

@@ -2,29 +2,28 @@
 
 The objective's value and gradient come from one fused, jitted call (`jac=True`);
 Hessians, Hessian-vector products, constraint Jacobians and the constraints' Lagrangian
-Hessians come from JAX where the method uses them. SciPy sees flat float64 vectors; JAX
-computes in its own precision (float32 unless JAX_ENABLE_X64=1, which SciPy's default
-tolerances assume).
+Hessians come from JAX where the method uses them. SciPy sees flat float64 vectors, computed
+in float64 whatever JAX's default precision (`_host.HostObjective`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
+import difflib
+import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 import scipy.optimize
 
-from ..errors import OptiframeError
-from ..flat import restore_like
+from ..errors import InvalidProblemError, OptiframeError
 from ..problem import OptimizationProblem
-from ..progress import advance
-from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
+from ..solution import OptimizationSolution, ReturnCode
+from ._host import HostRun, flat_bounds
+from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
-from .host import Halt, HostObjective
 
 OK, MAX, STALL, FAIL, INFEAS, TERM = (
     ReturnCode.Success,
@@ -49,6 +48,10 @@ class MethodSpec:
         maxiter: the option `maxiters` sets.
         abstol, reltol: the options `abstol` / `reltol` set (None: not available).
         status: SciPy's `status` -> `ReturnCode` (anything else is `Failure`).
+        function: SciPy's implementation ("module:function"), whose keyword arguments are
+            the method's options.
+        defaults: options optiframe sets unless given (see docs/scipy.md).
+        budget: what `maxiter` counts.
     """
 
     name: str
@@ -60,51 +63,82 @@ class MethodSpec:
     abstol: str | None
     reltol: str | None
     status: dict[int, ReturnCode]
+    function: str
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    budget: str = "iterations"
+
+    @property
+    def options(self) -> frozenset[str]:
+        """The option names the method takes (the trust-region methods pass
+        `**trust_region_options` on to SciPy's common trust-region loop)."""
+        names = set()
+        for function in (self.function, _TRUST_FN):
+            module, name = function.split(":")
+            fn = getattr(importlib.import_module(f"scipy.optimize.{module}"), name)
+            names |= set(inspect.signature(fn).parameters)
+            if "trust_region_options" not in names:
+                break
+        return frozenset(names - _NOT_OPTIONS)
 
 
+# Arguments of SciPy's method implementations that are not options.
+_NOT_OPTIONS = frozenset((
+    "fun", "func", "x0", "args", "jac", "grad", "hess", "hessp", "bounds", "constraints",
+    "callback", "subproblem", "unknown_options", "trust_region_options",
+))
 _TRUST = {0: OK, 1: MAX, 2: STALL, 3: FAIL}
+_TRUST_FN = "_trustregion:_minimize_trust_region"
+# Optim.jl's and optimagic's Nelder-Mead: no practical evaluation limit, tolerances 1e-8
+# (SciPy's 200 n evaluations and 1e-4 stop far from the optimum).
+_NELDER_MEAD = {"maxiter": 10**6, "maxfev": 10**6, "xatol": 1e-8, "fatol": 1e-8}
 # fmt: off
 METHODS = {spec.name.lower(): spec for spec in (
     #          name            grad   hess     bounds constr maxiter    abstol   reltol
     MethodSpec("Nelder-Mead",  False, None,    True,  False, "maxiter", "fatol", None,
-               {0: OK, 1: MAX, 2: MAX, 3: FAIL}),
+               {0: OK, 1: MAX, 2: MAX, 3: FAIL}, "_optimize:_minimize_neldermead", _NELDER_MEAD),
     MethodSpec("Powell",       False, None,    True,  False, "maxiter", None,    "ftol",
-               {0: OK, 1: MAX, 2: MAX, 3: FAIL, 4: FAIL}),
+               {0: OK, 1: MAX, 2: MAX, 3: FAIL, 4: FAIL}, "_optimize:_minimize_powell"),
     MethodSpec("CG",           True,  None,    False, False, "maxiter", "gtol",  None,
-               {0: OK, 1: MAX, 2: STALL, 3: FAIL}),
+               {0: OK, 1: MAX, 2: STALL, 3: FAIL}, "_optimize:_minimize_cg"),
     MethodSpec("BFGS",         True,  None,    False, False, "maxiter", "gtol",  "xrtol",
-               {0: OK, 1: MAX, 2: STALL, 3: FAIL}),
+               {0: OK, 1: MAX, 2: STALL, 3: FAIL}, "_optimize:_minimize_bfgs"),
     MethodSpec("Newton-CG",    True,  "hessp", False, False, "maxiter", None,    "xtol",
-               {0: OK, 1: MAX, 2: STALL, 3: FAIL}),
+               {0: OK, 1: MAX, 2: STALL, 3: FAIL}, "_optimize:_minimize_newtoncg"),
     MethodSpec("L-BFGS-B",     True,  None,    True,  False, "maxiter", "gtol",  "ftol",
-               {0: OK, 1: MAX, 2: STALL}),
+               {0: OK, 1: MAX, 2: STALL}, "_lbfgsb_py:_minimize_lbfgsb"),
     MethodSpec("TNC",          True,  None,    True,  False, "maxfun",  "gtol",  "ftol",
-               {-1: INFEAS, 0: OK, 1: OK, 2: OK, 3: MAX, 4: STALL, 5: OK, 6: STALL, 7: TERM}),
+               {-1: INFEAS, 0: OK, 1: OK, 2: OK, 3: MAX, 4: STALL, 5: OK, 6: STALL, 7: TERM},
+               "_tnc:_minimize_tnc", budget="evaluations"),
     MethodSpec("COBYLA",       False, None,    True,  True,  "maxiter", "tol",   None,
                {0: OK, 1: OK, 2: FAIL, 3: MAX, 20: MAX, -1: FAIL, -2: FAIL, -3: FAIL,
-                6: INFEAS, 7: STALL, 30: TERM}),
+                6: INFEAS, 7: STALL, 30: TERM}, "_cobyla_py:_minimize_cobyla",
+               budget="evaluations"),
     MethodSpec("COBYQA",       False, None,    True,  True,  "maxiter", "final_tr_radius", None,
-               {0: OK, 1: OK, 2: OK, 3: TERM, 4: OK, 5: MAX, 6: MAX, -1: INFEAS, -2: FAIL}),
+               {0: OK, 1: OK, 2: OK, 3: TERM, 4: OK, 5: MAX, 6: MAX, -1: INFEAS, -2: FAIL},
+               "_cobyqa_py:_minimize_cobyqa"),
     MethodSpec("SLSQP",        True,  None,    True,  True,  "maxiter", "ftol",  None,
                {0: OK, 1: FAIL, 2: INFEAS, 3: STALL, 4: INFEAS, 5: FAIL, 6: FAIL, 7: FAIL,
-                8: STALL, 9: MAX}),
+                8: STALL, 9: MAX}, "_slsqp_py:_minimize_slsqp"),
     MethodSpec("trust-constr", True,  "hessp", True,  True,  "maxiter", "gtol",  "xtol",
-               {0: MAX, 1: OK, 2: OK, 3: TERM, 4: INFEAS}),
-    MethodSpec("dogleg",       True,  "hess",  False, False, "maxiter", "gtol",  None, _TRUST),
-    MethodSpec("trust-ncg",    True,  "hessp", False, False, "maxiter", "gtol",  None, _TRUST),
-    MethodSpec("trust-exact",  True,  "hess",  False, False, "maxiter", "gtol",  None, _TRUST),
-    MethodSpec("trust-krylov", True,  "hessp", False, False, "maxiter", "gtol",  None, _TRUST),
+               {0: MAX, 1: OK, 2: OK, 3: TERM, 4: INFEAS},
+               "_trustregion_constr:_minimize_trustregion_constr"),
+    MethodSpec("dogleg",       True,  "hess",  False, False, "maxiter", "gtol",  None, _TRUST,
+               "_trustregion_dogleg:_minimize_dogleg"),
+    MethodSpec("trust-ncg",    True,  "hessp", False, False, "maxiter", "gtol",  None, _TRUST,
+               "_trustregion_ncg:_minimize_trust_ncg"),
+    MethodSpec("trust-exact",  True,  "hess",  False, False, "maxiter", "gtol",  None, _TRUST,
+               "_trustregion_exact:_minimize_trustregion_exact"),
+    MethodSpec("trust-krylov", True,  "hessp", False, False, "maxiter", "gtol",  None, _TRUST,
+               "_trustregion_krylov:_minimize_trust_krylov"),
 )}
 # fmt: on
 
-_KEYWORDS = ("maxiters", "maxtime", "callback", "progress")
+_KEYWORDS = ("maxiters", "maxtime", "callback", "progress", "save_best")
 
 
 def _method(name: str) -> MethodSpec:
     spec = METHODS.get(str(name).lower())
     if spec is None:
-        import difflib
-
         names = [s.name for s in METHODS.values()]
         close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -119,8 +153,9 @@ class ScipyMinimize(Algorithm):
     """A `scipy.optimize.minimize` method.
 
     `maxiters`, `abstol` and `reltol` set the method's own options (see `METHODS` and the
-    docs' table); a tolerance the method has no option for is refused. `**options` go to
-    SciPy's `options=` untouched.
+    docs' table); a tolerance the method has no option for is refused. `**options` (here,
+    or given to `solve`) go to SciPy's `options=`; an option the method does not take is
+    an error naming the close matches.
 
     Args:
         method: a method name, as SciPy spells it (case-insensitive).
@@ -132,6 +167,7 @@ class ScipyMinimize(Algorithm):
 
     def __init__(self, method: str = "L-BFGS-B", **options: Any) -> None:
         self.spec = _method(method)
+        check_options(options, self.spec.options, f"ScipyMinimize({self.spec.name!r}, ...)")
         self.options = dict(options)
 
     @property
@@ -150,6 +186,7 @@ class ScipyMinimize(Algorithm):
             bounds=spec.bounds,
             constraints=spec.constraints,
             needs=frozenset(needs),
+            budget=spec.budget,
             keywords=frozenset(keywords),
         )
 
@@ -167,8 +204,33 @@ class ScipyMinimize(Algorithm):
     def __hash__(self) -> int:
         return hash((self.spec.name, tuple(sorted(self.options))))
 
+    def settings(self, options: SolveOptions) -> dict[str, Any]:
+        """SciPy's `options=`: optiframe's defaults, the algorithm's options, `solve`'s,
+        and what the common keywords set.
+
+        Raises:
+            InvalidProblemError: an unknown option, or one a common keyword also sets.
+        """
+        spec = self.spec
+        given = {**self.options, **options.solver_options}
+        check_options(options.solver_options, spec.options, f"solve(..., **options) with {self!r}")
+        settings = {**spec.defaults, **given}
+        for keyword, option in (
+            ("maxiters", spec.maxiter), ("abstol", spec.abstol), ("reltol", spec.reltol)
+        ):
+            value = getattr(options, keyword)
+            if value is None:
+                continue
+            if option in given:
+                raise InvalidProblemError(
+                    f"`solve({keyword}=...)` sets {spec.name}'s `{option}`, which is given as "
+                    f"an option too ({option}={given[option]!r}); pass one of them."
+                )
+            settings[option] = value
+        return settings
+
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        return _MinimizeRun(self, problem, options).run()
+        return _MinimizeRun(self, problem, options).solve()
 
 
 def _shortcut(name: str, method: str, doc: str) -> Callable[..., ScipyMinimize]:
@@ -197,183 +259,12 @@ TrustExact = _shortcut("TrustExact", "trust-exact", "nearly exact trust region, 
 TrustKrylov = _shortcut("TrustKrylov", "trust-krylov", "Krylov trust region.")
 
 
-def flat_bounds(problem: OptimizationProblem) -> tuple[np.ndarray, np.ndarray] | None:
-    """The box bounds as flat float64 vectors, in the order of `ravel(u0)`."""
-    if not problem.has_bounds:
-        return None
-    lb = np.concatenate([np.ravel(b) for b in jax.tree.leaves(problem.lb)]).astype(np.float64)
-    ub = np.concatenate([np.ravel(b) for b in jax.tree.leaves(problem.ub)]).astype(np.float64)
-    return lb, ub
-
-
-def violation(problem: OptimizationProblem, objective: HostObjective, x: np.ndarray) -> float:
-    """The largest violation of the bounds and constraints at `x`, each relative to
-    1 + |bound| (0 when feasible)."""
-
-    def worst(low, high, value):
-        low, high = np.broadcast_to(low, value.shape), np.broadcast_to(high, value.shape)
-        below = (low - value) / (1 + np.abs(np.where(np.isfinite(low), low, 0)))
-        above = (value - high) / (1 + np.abs(np.where(np.isfinite(high), high, 0)))
-        return float(np.max(np.maximum(below, above), initial=0.0))
-
-    out = 0.0
-    bounds = flat_bounds(problem)
-    if bounds is not None:
-        out = worst(*bounds, x)
-    if problem.has_constraints:
-        out = max(out, worst(problem.lcons, problem.ucons, objective.cons(x)))
-    return out
-
-
-def feasibility_tolerance(objective: HostObjective) -> float:
-    """How much relative violation counts as rounding: 1e-6, or 32 ulps of JAX's float (a
-    float32 constraint of a few operations, HS71's product of four, is off by ~15)."""
-    return max(1e-6, 32 * float(np.finfo(objective.dtype).eps))
-
-
-class HostRun:
-    """What every SciPy run shares: the host objective, the callback, the stop rules and
-    the solution. Subclasses call SciPy in `minimize()` and return its result."""
-
-    def __init__(self, alg: Algorithm, problem: OptimizationProblem, options: SolveOptions):
-        self.alg, self.problem, self.options = alg, problem, options
-        self.objective = HostObjective(problem, options.maxtime)
-        self.objective.remember = options.callback is not None
-        self.iterations = 0
-        self.last_x = self.objective.x0
-        self.bar = options.progress.open(options.maxiters) if options.progress else None
-        self.every = options.progress.interval(options.maxiters) if options.progress else 0
-
-    def minimize(self) -> scipy.optimize.OptimizeResult:
-        raise NotImplementedError
-
-    def iteration(self, x: np.ndarray, fun: float | None = None) -> None:
-        """Called by SciPy once per iteration with the current iterate."""
-        obj = self.objective
-        self.iterations += 1
-        self.last_x = np.array(x, np.float64)
-        callback = self.options.callback
-        if callback is not None or self.bar is not None:
-            f, g = obj.lookup(x)
-            if f is None:
-                f = fun if fun is not None else obj.value(x)
-            objective = obj.sign * float(f)
-            if self.bar is not None and self.iterations % self.every == 0:
-                advance(self.bar, self.iterations, objective)
-            if callback is not None:
-                state = OptimizationState(
-                    iter=self.iterations,
-                    u=obj.u(x),
-                    objective=objective,
-                    grad=None if g is None else obj.u(obj.sign * g),
-                    p=self.problem.p,
-                    original=x,
-                )
-                if callback(state, objective):
-                    raise Halt(
-                        ReturnCode.Terminated,
-                        f"callback returned True at iteration {self.iterations}",
-                    )
-        obj.check_time()
-
-    def run(self) -> OptimizationSolution:
-        retcode, message, result = None, "", None
-        try:
-            result = self.minimize()
-        except Halt as halt:
-            retcode, message = halt.retcode, halt.message
-        except KeyboardInterrupt:
-            warnings.warn(
-                "solve() interrupted: returning the best iterate so far (Terminated).",
-                stacklevel=5,
-            )
-            retcode, message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
-        finally:
-            if self.bar is not None:
-                self.bar.close()
-        return self.solution(result, retcode, message)
-
-    def final_point(self, result: Any) -> np.ndarray:
-        """Where the run ended: SciPy's `x`, or the last iterate when it was stopped."""
-        return self.last_x if result is None else np.asarray(result.x, np.float64)
-
-    def verdict(self, result: Any) -> tuple[ReturnCode, str]:
-        raise NotImplementedError
-
-    def solution(
-        self, result: Any, retcode: ReturnCode | None, message: str
-    ) -> OptimizationSolution:
-        obj = self.objective
-        obj.maxtime = None  # the run is over; evaluations from here on are bookkeeping
-        x = self.final_point(result)
-        f, _ = obj.lookup(x)
-        if (
-            result is not None
-            and getattr(result, "fun", None) is not None
-            and np.ndim(result.fun) == 0
-        ):
-            f = float(result.fun)
-        if f is None:
-            f = obj.value(x)
-        if result is None:
-            result = scipy.optimize.OptimizeResult(
-                x=x,
-                fun=f,
-                nit=self.iterations,
-                nfev=obj.fevals,
-                success=False,
-                status=None,
-                message=message,
-            )
-        if retcode is None:
-            retcode, message = self.verdict(result)
-        if not np.isfinite(f) or not np.all(np.isfinite(x)):
-            if obj.best_x is None:
-                raise OptiframeError(f"{self.alg!r} evaluated no finite point.")
-            x, f = obj.best_x, obj.best_f
-            retcode = ReturnCode.Failure
-            message = f"non-finite result ({message}); the best finite point is returned"
-        worst = violation(self.problem, obj, x)
-        if worst > feasibility_tolerance(obj) and retcode in (
-            ReturnCode.Success,
-            ReturnCode.MaxIters,
-            ReturnCode.Stalled,
-            ReturnCode.Failure,
-        ):
-            retcode = ReturnCode.Infeasible
-            message += f" (the bounds or constraints are violated by {worst:.2e})"
-        return OptimizationSolution(
-            u=restore_like(obj.u(x), self.problem.u0),
-            objective=float(obj.sign * f),
-            retcode=retcode,
-            stats=Stats(
-                iterations=int(getattr(result, "nit", None) or self.iterations),
-                fevals=obj.fevals,
-                gevals=obj.gevals,
-                hevals=obj.hevals,
-            ),
-            original=result,
-            message=message,
-        )
-
-
 class _MinimizeRun(HostRun):
     alg: ScipyMinimize
 
     def minimize(self) -> scipy.optimize.OptimizeResult:
-        spec, options, obj, problem = self.alg.spec, self.options, self.objective, self.problem
-        settings = dict(self.alg.options)
-        if spec.name == "COBYQA" and problem.has_constraints:
-            # Constraints computed in float32 cannot meet COBYQA's default (absolute) sqrt(eps64).
-            bounds = np.concatenate([problem.lcons, problem.ucons])
-            scale = 1 + np.max(np.abs(bounds[np.isfinite(bounds)]), initial=0.0)
-            settings.setdefault("feasibility_tol", feasibility_tolerance(obj) * scale)
-        if options.maxiters is not None:
-            settings[spec.maxiter] = options.maxiters
-        if options.abstol is not None:
-            settings[spec.abstol] = options.abstol
-        if options.reltol is not None:
-            settings[spec.reltol] = options.reltol
+        spec, obj, problem = self.alg.spec, self.objective, self.problem
+        settings = self.alg.settings(self.options)
         kwargs: dict[str, Any] = {}
         if spec.grad:
             kwargs["jac"] = True
@@ -394,14 +285,9 @@ class _MinimizeRun(HostRun):
                 self.iteration(intermediate_result.x, getattr(intermediate_result, "fun", None))
 
         fun = obj.value_and_grad if spec.grad else obj.value
-        try:
-            return scipy.optimize.minimize(
-                fun, obj.x0, method=spec.name, callback=callback, options=settings, **kwargs
-            )
-        except (TypeError, ValueError) as err:
-            if "unexpected keyword" in str(err) or "Unknown solver" in str(err):
-                raise OptiframeError(f"{self.alg!r}: SciPy rejected the options: {err}") from err
-            raise
+        return scipy.optimize.minimize(
+            fun, obj.x0, method=spec.name, callback=callback, options=settings, **kwargs
+        )
 
     def _constraints(self) -> list[scipy.optimize.NonlinearConstraint]:
         """`lcons <= cons(x) <= ucons` in the method's form: one constraint with the
@@ -435,6 +321,15 @@ class _MinimizeRun(HostRun):
         if code is ReturnCode.Success and not result.success:
             code = ReturnCode.Infeasible if self.problem.has_constraints else ReturnCode.Failure
         return code, f"{result.message} (SciPy status {result.status})"
+
+
+    def original(self, result: Any, x: np.ndarray, loss: float, message: str) -> Any:
+        if result is not None:
+            return result
+        return scipy.optimize.OptimizeResult(
+            x=x, fun=self.objective.sign * loss, nit=self.iterations,
+            nfev=self.objective.fevals, success=False, status=None, message=message,
+        )
 
 
 def _register() -> None:

@@ -1,4 +1,4 @@
-"""SciPy's global optimisers and `least_squares` behind `solve`.
+"""SciPy's global optimisers behind `solve`.
 
 Global methods (`DifferentialEvolution`, `DualAnnealing`, `SHGO`, `Direct`) search the box
 `[lb, ub]`, so they need finite bounds; `BasinHopping` runs JAX-gradient L-BFGS-B from
@@ -9,31 +9,32 @@ best point evaluated; SciPy's own answer stays in `sol.original`.
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from ..errors import OptiframeError, UnsupportedFeatureError
-from ..flat import ravel, restore_like, to_device
-from ..problem import MinSense, OptimizationProblem
-from ..solution import OptimizationSolution, ReturnCode, Stats
+from ..errors import InvalidProblemError
+from ..problem import OptimizationProblem
+from ..solution import OptimizationSolution, ReturnCode
+from ._host import HostRun, flat_bounds
+from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register
-from .host import Halt
-from .scipy import HostRun, flat_bounds
 
-_KEYWORDS = frozenset(("maxiters", "maxtime", "callback", "progress"))
+_KEYWORDS = frozenset(("maxiters", "maxtime", "callback", "progress", "save_best"))
+# Arguments of SciPy's functions that optiframe sets itself.
+_RESERVED = frozenset((
+    "func", "bounds", "args", "callback", "x0", "rng", "seed", "minimizer_kwargs",
+    "constraints", "integrality", "vectorized", "workers", "take_step",
+))
 
 
 class _GlobalRun(HostRun):
     """A run of a search method: the answer is the best point evaluated."""
 
-    def final_point(self, result: Any) -> np.ndarray:
-        obj = self.objective
-        return obj.best_x if obj.best_x is not None else super().final_point(result)
+    search = True
 
     def verdict(self, result: Any) -> tuple[ReturnCode, str]:
         message = result.message
@@ -47,24 +48,56 @@ class _GlobalRun(HostRun):
         return self.alg.call(self)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class _Global(Algorithm):
-    """Shared by the global methods: bounds required, u = best point evaluated."""
+    """Shared by the global methods: bounds required, u = best point evaluated.
+
+    Attributes:
+        function: the SciPy function.
+        maxiter: its argument that `maxiters` sets.
+        budget: what that argument counts.
+        messages: (phrase in SciPy's message, ReturnCode), checked in order.
+    """
 
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    messages = ()  # (phrase in SciPy's message, ReturnCode), checked in order
+    function: ClassVar[Callable[..., Any]]
+    maxiter: ClassVar[str] = "maxiter"
+    budget: ClassVar[str] = "iterations"
+    messages: ClassVar[tuple[tuple[str, ReturnCode], ...]] = ()
+
+    def _configure(self, **fields: Any) -> None:
+        """Set the fields of a frozen instance from its constructor and check the options."""
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        check_options(self.options, self.known(), f"{type(self).__name__}(...)")
+
+    @classmethod
+    def known(cls) -> frozenset[str]:
+        """The options SciPy's function takes that optiframe does not set itself."""
+        return frozenset(inspect.signature(cls.function).parameters) - _RESERVED
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(bounds=True, needs_bounds=True, keywords=_KEYWORDS)
+        return Capabilities(
+            bounds=True, needs_bounds=True, budget=self.budget, keywords=_KEYWORDS
+        )
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        return _GlobalRun(self, problem, options).run()
+        check_options(
+            options.solver_options, self.known(), f"solve(..., **options) with {self!r}"
+        )
+        return _GlobalRun(self, problem, options).solve()
 
-    def _settings(self, run: HostRun, maxiter_key: str | None = "maxiter") -> dict[str, Any]:
-        settings = dict(self.options)
-        if maxiter_key and run.options.maxiters is not None:
-            settings[maxiter_key] = run.options.maxiters
+    def settings(self, run: HostRun) -> dict[str, Any]:
+        """SciPy's keyword arguments: the algorithm's options, `solve`'s, and `maxiters`."""
+        settings = {**self.options, **run.options.solver_options}
+        if run.options.maxiters is not None:
+            if self.maxiter in settings:
+                raise InvalidProblemError(
+                    f"`solve(maxiters=...)` sets {type(self).__name__}'s `{self.maxiter}`, "
+                    "which is given as an option too; pass one of them."
+                )
+            settings[self.maxiter] = run.options.maxiters
         return settings
 
 
@@ -78,14 +111,15 @@ class DifferentialEvolution(_Global):
     """
 
     seed: int | None = None
+    function = staticmethod(scipy.optimize.differential_evolution)
+    budget = "generations"
     messages = (
         ("maximum number of iterations", ReturnCode.MaxIters),
         ("maximum number of function evaluations", ReturnCode.MaxIters),
     )
 
     def __init__(self, seed: int | None = None, **options: Any) -> None:
-        object.__setattr__(self, "seed", seed)
-        object.__setattr__(self, "options", options)
+        self._configure(seed=seed, options=options)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         def callback(intermediate_result):
@@ -93,7 +127,7 @@ class DifferentialEvolution(_Global):
 
         return scipy.optimize.differential_evolution(
             run.objective.value, scipy.optimize.Bounds(*flat_bounds(run.problem)),
-            rng=self.seed, callback=callback, x0=run.objective.x0, **self._settings(run),
+            rng=self.seed, callback=callback, x0=run.objective.x0, **self.settings(run),
         )
 
 
@@ -108,14 +142,14 @@ class DualAnnealing(_Global):
     """
 
     seed: int | None = None
+    function = staticmethod(scipy.optimize.dual_annealing)
     messages = (
         ("maximum number of iteration", ReturnCode.MaxIters),
         ("maximum number of function call", ReturnCode.MaxIters),
     )
 
     def __init__(self, seed: int | None = None, **options: Any) -> None:
-        object.__setattr__(self, "seed", seed)
-        object.__setattr__(self, "options", options)
+        self._configure(seed=seed, options=options)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         obj = run.objective
@@ -126,7 +160,7 @@ class DualAnnealing(_Global):
         local = {"method": "L-BFGS-B", "jac": lambda x: obj.value_and_grad(x)[1]}
         return scipy.optimize.dual_annealing(
             obj.value, scipy.optimize.Bounds(*flat_bounds(run.problem)), rng=self.seed,
-            callback=callback, x0=obj.x0, minimizer_kwargs=local, **self._settings(run),
+            callback=callback, x0=obj.x0, minimizer_kwargs=local, **self.settings(run),
         )
 
 
@@ -139,12 +173,14 @@ class SHGO(_Global):
         **options: passed to SciPy (`n`, `iters`, `sampling_method`, `options`, ...).
     """
 
+    function = staticmethod(scipy.optimize.shgo)
+
     def __init__(self, **options: Any) -> None:
-        object.__setattr__(self, "options", options)
+        self._configure(options=options)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         obj = run.objective
-        settings = dict(self.options)
+        settings = {**self.options, **run.options.solver_options}
         inner = dict(settings.pop("options", {}))
         if run.options.maxiters is not None:
             inner["maxiter"] = run.options.maxiters
@@ -164,18 +200,19 @@ class Direct(_Global):
         **options: passed to SciPy (`eps`, `maxfun`, `locally_biased`, `vol_tol`, ...).
     """
 
+    function = staticmethod(scipy.optimize.direct)
     messages = (
         ("larger than maxfun", ReturnCode.MaxIters),
         ("larger than maxiter", ReturnCode.MaxIters),
     )
 
     def __init__(self, **options: Any) -> None:
-        object.__setattr__(self, "options", options)
+        self._configure(options=options)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         return scipy.optimize.direct(
             run.objective.value, scipy.optimize.Bounds(*flat_bounds(run.problem)),
-            callback=run.iteration, **self._settings(run),
+            callback=run.iteration, **self.settings(run),
         )
 
 
@@ -191,20 +228,23 @@ class BasinHopping(_Global):
     """
 
     seed: int | None = None
+    function = staticmethod(scipy.optimize.basinhopping)
+    maxiter, budget = "niter", "hops"
     messages = (("requested number of basinhopping iterations", ReturnCode.MaxIters),)
 
     def __init__(self, seed: int | None = None, **options: Any) -> None:
-        object.__setattr__(self, "seed", seed)
-        object.__setattr__(self, "options", options)
+        self._configure(seed=seed, options=options)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(bounds=True, needs=frozenset({"grad"}), keywords=_KEYWORDS)
+        return Capabilities(
+            bounds=True, needs=frozenset({"grad"}), budget=self.budget, keywords=_KEYWORDS
+        )
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         obj, bounds = run.objective, flat_bounds(run.problem)
         local: dict[str, Any] = {"method": "L-BFGS-B", "jac": True}
-        settings = self._settings(run, "niter")
+        settings = self.settings(run)
         if bounds is not None:
             local["bounds"] = scipy.optimize.Bounds(*bounds)
             step = settings.pop("stepsize", 0.5)
@@ -222,109 +262,8 @@ class BasinHopping(_Global):
         )
 
 
-@dataclasses.dataclass(frozen=True, init=False)
-class ScipyLeastSquares(Algorithm):
-    """`scipy.optimize.least_squares` for problems posed as residuals.
-
-    Here `fun(u, p)` returns the residual vector r (m,) (any shape, flattened), and the
-    problem is min ½‖r(u)‖²; `sol.objective` is that cost (SciPy's `cost`). The Jacobian
-    (m, n) comes from JAX (reverse mode when m < n, else forward). Bounds are honoured by
-    "trf" and "dogbox" ("lm" takes none). `maxiters` sets `max_nfev` (residual
-    evaluations), `abstol` sets `gtol`, `reltol` sets `ftol`.
-
-    Args:
-        method: "trf", "dogbox" or "lm".
-        **options: passed to SciPy (`loss`, `f_scale`, `x_scale`, ...).
-    """
-
-    method: str = "trf"
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __init__(self, method: str = "trf", **options: Any) -> None:
-        if method not in ("trf", "dogbox", "lm"):
-            raise OptiframeError(
-                f"`ScipyLeastSquares(method={method!r})` must be 'trf', 'dogbox' or 'lm'."
-            )
-        object.__setattr__(self, "method", method)
-        object.__setattr__(self, "options", options)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(
-            bounds=self.method != "lm",
-            residuals=True,
-            keywords=frozenset(("maxiters", "abstol", "reltol", "maxtime")),
-        )
-
-    def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        if problem.sense is not MinSense:
-            raise UnsupportedFeatureError(
-                "ScipyLeastSquares minimises ½‖r(u)‖²; MaxSense has no meaning for it."
-            )
-        return self._solve(problem, options)
-
-    def _solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        x0, unravel = ravel(to_device(problem.u0))
-        p, fun, counts = problem.p, problem.f.fun, {"f": 0, "j": 0}
-        residual = jax.jit(lambda x, p: jnp.ravel(fun(unravel(x), p)))
-        m = jax.eval_shape(residual, x0, p).shape[0]
-        jacobian = jax.jit(jax.jacrev(residual) if m < x0.size else jax.jacfwd(residual))
-        start = time.perf_counter()
-
-        def check_time():
-            if options.maxtime is not None and time.perf_counter() - start >= options.maxtime:
-                raise Halt(ReturnCode.MaxTime, f"maxtime={options.maxtime} s reached")
-
-        last = {"x": np.asarray(x0, np.float64)}
-
-        def fun_host(x):
-            check_time()
-            counts["f"] += 1
-            last["x"] = np.array(x)
-            return np.asarray(residual(jnp.asarray(x), p), np.float64)
-
-        def jac_host(x):
-            counts["j"] += 1
-            return np.asarray(jacobian(jnp.asarray(x), p), np.float64)
-
-        settings = dict(self.options)
-        for key, value in (
-            ("max_nfev", options.maxiters), ("gtol", options.abstol), ("ftol", options.reltol)
-        ):
-            if value is not None:
-                settings[key] = value
-        bounds = flat_bounds(problem)
-        try:
-            result = scipy.optimize.least_squares(
-                fun_host, np.asarray(x0, np.float64), jac=jac_host, method=self.method,
-                bounds=bounds if bounds is not None else (-np.inf, np.inf), **settings,
-            )
-            x, cost, nit = result.x, float(result.cost), int(result.nfev)
-            retcode = _LSQ_STATUS.get(int(result.status), ReturnCode.Failure)
-            message = f"{result.message} (SciPy status {result.status})"
-        except Halt as halt:
-            x, result = last["x"], None
-            cost = 0.5 * float(np.sum(np.asarray(residual(jnp.asarray(x), p)) ** 2))
-            nit, retcode, message = counts["f"], halt.retcode, halt.message
-        return OptimizationSolution(
-            u=restore_like(unravel(jnp.asarray(x)), problem.u0),
-            objective=cost,
-            retcode=retcode,
-            stats=Stats(iterations=nit, fevals=counts["f"], gevals=counts["j"]),
-            original=result,
-            message=message,
-        )
-
-
-_LSQ_STATUS = {
-    -1: ReturnCode.Failure, 0: ReturnCode.MaxIters, 1: ReturnCode.Success,
-    2: ReturnCode.Success, 3: ReturnCode.Success, 4: ReturnCode.Success,
-}
-
-
 register("DifferentialEvolution", DifferentialEvolution)
 register("DualAnnealing", DualAnnealing)
 register("SHGO", SHGO)
 register("Direct", Direct)
 register("BasinHopping", BasinHopping)
-register("least_squares", ScipyLeastSquares)

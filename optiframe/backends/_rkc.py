@@ -106,7 +106,7 @@ class RKC(AbstractAdaptiveSolver):
         safety: the estimate is multiplied by this (`rkc.f` uses 1.2).
 
     Example:
-        >>> from optiframe.backends.rkc import RKC
+        >>> from optiframe.backends._rkc import RKC
         >>> term = diffrax.ODETerm(lambda t, y, args: -args * y)
         >>> sol = diffrax.diffeqsolve(term, RKC(), 0.0, 10.0, None, jnp.ones(3),
         ...     args=jnp.array([1.0, 1e2, 1e4]),

@@ -1,5 +1,6 @@
-"""Evaluating Nevergrad's candidates: a batch at a time on JAX, one call at a time on the
-host, or in parallel through a `concurrent.futures.Executor`.
+"""Evaluating Nevergrad's candidates: a batch at a time on JAX (in float64, whatever JAX's
+default precision), one call at a time on the host, or in parallel through a
+`concurrent.futures.Executor`.
 
 Every evaluator's `start(X)` takes flat float64 candidates (rows of `X`), starts their
 evaluation and returns a `Pending`: calling it waits and gives a `Batch` of the signed
@@ -10,7 +11,6 @@ executor the evaluation runs while the caller asks Nevergrad for more candidates
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -20,11 +20,11 @@ import numpy as np
 
 from ..derivatives import derivatives
 from ..errors import ObjectiveError, OptiframeError
-from ..flat import device_shapes, ravel
+from ..flat import ravel
 from ..problem import OptimizationProblem
-from .nevergrad_space import SearchSpace
-
-_CACHE_SIZE = 8  # compiled batch programs kept per objective
+from ._lifecycle import cached
+from ._nevergrad_space import SearchSpace
+from ._x64 import as_float64, float64
 
 
 class Batch(NamedTuple):
@@ -86,19 +86,23 @@ def aux_at(aux: Any, i: int) -> Any:
 # --------------------------------------------------------------------------- JAX
 
 
+def _float64_unravel(u0: Any) -> Any:
+    """The inverse of `ravel` for `u0`'s structure, giving float64 leaves."""
+    with float64():
+        return ravel(jax.tree.map(lambda x: np.zeros(np.shape(x), np.float64), u0))[1]
+
+
 class JaxProgram:
-    """`fun` (and `cons`) over `size` flat candidates: one jitted call, `jax.vmap`-ed over
-    all of them or, with `chunk`, over `chunk` at a time in a loop. Built once per
-    (objective, sense, shapes of u0, size, chunk) and cached on the objective, so later
-    solves never trace again."""
+    """`fun` (and `cons`) over `size` flat float64 candidates: one jitted call under JAX's
+    x64 mode, `jax.vmap`-ed over all of them or, with `chunk`, over `chunk` at a time in a
+    loop. Built once per (user function, sense, shapes of u0, size, chunk), so later solves
+    never trace again."""
 
     def __init__(
         self, problem: OptimizationProblem, size: int, with_cons: bool, chunk: int | None
     ) -> None:
         derivs = derivatives(problem.f, problem.sense)
-        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), device_shapes(problem.u0))
-        flat0, unravel = ravel(zeros)
-        self.dtype = np.dtype(flat0.dtype)
+        unravel = _float64_unravel(problem.u0)
         self.size = size
         cons = derivs.cons if with_cons else None
 
@@ -124,24 +128,18 @@ class JaxProgram:
         b = X.shape[0]
         if b < self.size:  # a partial batch: pad it, so no other size compiles
             X = np.concatenate([X, np.repeat(X[-1:], self.size - b, axis=0)])
-        return self.evaluate(np.asarray(X, self.dtype), p)
+        with float64():
+            return self.evaluate(np.asarray(X, np.float64), p)
 
 
 def jax_program(problem: OptimizationProblem, size: int, chunk: int | None) -> JaxProgram:
-    cache = problem.f._cache.setdefault("nevergrad", collections.OrderedDict())
-    shapes = device_shapes(problem.u0)
-    signature = (
-        jax.tree.structure(shapes),
-        tuple((s.shape, s.dtype) for s in jax.tree.leaves(shapes)),
+    leaves, treedef = jax.tree.flatten(problem.u0)
+    key = (
+        problem.sense, treedef, tuple(np.shape(x) for x in leaves), size,
+        problem.has_constraints, chunk,
     )
-    key = (problem.sense, signature, size, problem.has_constraints, chunk)
-    if key in cache:
-        cache.move_to_end(key)
-    else:
-        cache[key] = JaxProgram(problem, size, problem.has_constraints, chunk)
-        if len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
-    return cache[key]
+    build = lambda: JaxProgram(problem, size, problem.has_constraints, chunk)  # noqa: E731
+    return cached(problem.f, "nevergrad", key, build)
 
 
 class JaxEvaluator:
@@ -151,11 +149,12 @@ class JaxEvaluator:
     def __init__(self, problem: OptimizationProblem, size: int, chunk: int | None) -> None:
         self.problem, self.sign = problem, problem.sense.sign
         self.program = jax_program(problem, size, chunk)
+        self.p = as_float64(problem.p)
         self._checked = not problem.has_constraints
 
     def start(self, X: np.ndarray) -> Pending:
         b = X.shape[0]
-        out = self.program(X, self.problem.p)
+        out = self.program(X, self.p)
         return lambda: self._batch(b, *out)
 
     def _batch(self, b: int, loss: Any, aux: Any, cons: Any) -> Batch:
@@ -227,19 +226,18 @@ class HostConstraints:
 
     def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
         self.problem, self.space = problem, space
-        self.jax = None
+        self.jax, self.p = None, problem.p
         if problem.f.ad == "jax":
-            cons = problem.f.cons
-            zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), device_shapes(problem.u0))
-            flat0, unravel = ravel(zeros)
-            self.dtype = np.dtype(flat0.dtype)
+            self.p = as_float64(problem.p)
+            cons, unravel = problem.f.cons, _float64_unravel(problem.u0)
             one = lambda x, p: jnp.atleast_1d(cons(unravel(x), p))  # noqa: E731
             self.jax = jax.jit(jax.vmap(one, in_axes=(0, None)))
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        p = self.problem.p
+        p = self.p
         if self.jax is not None:
-            values = np.asarray(jax.device_get(self.jax(np.asarray(X, self.dtype), p)), float)
+            with float64():
+                values = np.asarray(self.jax(np.asarray(X, np.float64), p), float)
         else:
             rows = []
             for x in X:

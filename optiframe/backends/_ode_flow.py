@@ -1,0 +1,314 @@
+"""The gradient flow on diffrax (imports diffrax): `FlowMethod`, run by the shared on-device
+lifecycle (`_device.py`) with diffrax's own integration loop.
+
+The flow `du/dt = −∇f(u)` is integrated by `diffrax.diffeqsolve` from `t = 0` towards
+`t = ∞`; what ends an integration:
+
+- the step budget: `StepBudget` wraps the algorithm's step size controller, counts the
+  accepted steps in its state and ends the solve (diffrax's `event_occurred` result)
+  once `budget` of them are done. The budget is a runtime value, so one compiled program
+  serves every `maxiters` and every chunk of a split run;
+- `abstol`/`reltol`: a `diffrax.Event` whose condition is diffrax's steady-state test
+  (`‖∇f‖ ≤ abstol`, `‖∇f‖ ≤ reltol ‖u‖`, see docs/ode.md), also true when the objective is
+  not finite.
+
+One iteration is one accepted step. Gradient evaluations are counted where they happen:
+by a `jax.new_ref` counter inside the compiled integration (explicit solvers), or by a
+host callback per evaluation (implicit solvers, whose Newton iterations the reference
+counter cannot pass through).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..derivatives import Derivatives
+from ..solution import ReturnCode
+from ._device import FIRST_STOP, RUNNING, DeviceMethod, Evaluation, counts, loss_dtype
+from .base import SolveOptions
+from .ode import GradientFlowAlgorithm, GradientFlowState
+
+ABSTOL, RELTOL, STOPPED = FIRST_STOP, FIRST_STOP + 1, FIRST_STOP + 2
+_SAVE = diffrax.SaveAt(t1=True, solver_state=True, controller_state=True, made_jump=True)
+
+
+def _norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+# -- the step budget
+
+
+class BudgetState(NamedTuple):
+    """The wrapped controller's state, the accepted steps so far (over a warm-start
+    chain) and the end of the next step the controller proposed."""
+
+    inner: Any
+    accepted: jax.Array
+    tnext: jax.Array
+
+
+class StepBudget(diffrax.AbstractStepSizeController):
+    """Wraps a step size controller; ends the solve after `budget` accepted steps.
+
+    diffrax's `max_steps` counts rejected steps too and is a compile-time constant; this
+    counts only accepted steps, and `budget` is an array, so changing it compiles
+    nothing.
+    """
+
+    controller: diffrax.AbstractStepSizeController
+    budget: Any
+
+    def wrap(self, direction):
+        return type(self)(self.controller.wrap(direction), self.budget)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        tnext, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        dtype = jnp.result_type(t0)
+        return tnext, BudgetState(inner, jnp.zeros((), jnp.int32), jnp.asarray(tnext, dtype))
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
+        if y_error is not None:
+            # A candidate that overflowed to inf (a step far beyond stability on a steep
+            # objective) makes diffrax's PID scale inf/inf = NaN and the time NaN; show
+            # the controller an infinite error at the old point instead, so it rejects
+            # the step and shrinks it.
+            finite = jnp.all(jnp.stack(
+                [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y1_candidate)]
+            ))
+            y1_candidate = jax.tree.map(
+                lambda a, b: jnp.where(finite, a, b), y1_candidate, y0
+            )
+            y_error = jax.tree.map(lambda e: jnp.where(finite, e, jnp.inf), y_error)
+        keep, tprev, tnext, jump, inner, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, state.inner
+        )
+        accepted = state.accepted + jnp.where(keep, 1, 0).astype(jnp.int32)
+        done = jnp.asarray(keep) & (accepted >= self.budget)
+        results = diffrax.RESULTS
+        ok = result == results.successful
+        result = results.where(done & ok, results.event_occurred, result)
+        # The loop runs without diffrax's max_steps, so a step size that collapsed to zero,
+        # overflowed or turned NaN (each can be rejected forever) must end it.
+        step = tnext - tprev
+        collapsed = ~((step > 0) & jnp.isfinite(step))
+        result = results.where(collapsed & ok & ~done, results.dt_min_reached, result)
+        tnext_ = jnp.asarray(tnext, state.tnext.dtype)
+        return keep, tprev, tnext, jump, BudgetState(inner, accepted, tnext_), result
+
+
+class AdaptiveStepBudget(StepBudget, diffrax.AbstractAdaptiveStepSizeController):
+    """`StepBudget` around an adaptive controller; its tolerances stay visible to diffrax
+    (implicit solvers take their Newton tolerances from them)."""
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):
+        return self.controller.norm
+
+
+# -- counting gradient evaluations
+
+
+class _RefCount:
+    """A counter inside one compiled call (`jax.new_ref`)."""
+
+    def __init__(self) -> None:
+        self.ref = jax.new_ref(jnp.zeros((), jnp.int32))
+
+    def add(self) -> None:
+        self.ref[...] += 1
+
+    def read(self) -> jax.Array:
+        return self.ref[...]
+
+
+class _HostCount:
+    """A counter on the host, incremented by a callback per evaluation (slower)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def _increment(self) -> None:
+        self.value += 1
+
+    def add(self) -> None:
+        jax.debug.callback(self._increment)
+
+    def read(self) -> jax.Array:
+        return jnp.zeros((), jnp.int32)
+
+    def take(self) -> int:
+        """The evaluations counted since the last `take`."""
+        jax.effects_barrier()
+        value, self.value = self.value, 0
+        return value
+
+
+# -- the method
+
+
+class FlowMethod(DeviceMethod):
+    """An accepted step of the gradient flow, or many in one `diffeqsolve` (`run`). The
+    state is a `GradientFlowState` (its diffrax fields None before the first step)."""
+
+    unit = "accepted steps"
+    stops = {
+        ABSTOL: (ReturnCode.Success, "‖∇f‖ <= abstol={options.abstol}"),
+        RELTOL: (ReturnCode.Success, "‖∇f‖ <= reltol={options.reltol} × ‖u‖"),
+    }  # and STOPPED: diffrax ended the integration early (`verdict`)
+    state_type = GradientFlowState
+
+    def __init__(
+        self, alg: GradientFlowAlgorithm, derivs: Derivatives, tests: tuple[bool, bool], n: int,
+        key: Any,
+    ) -> None:
+        self.solver, self.controller, self.dt0 = alg.components()
+        if getattr(self.solver, "scan_kind", "") is None:
+            # diffrax's Runge-Kutta stages run in a checkpointed loop by default (for
+            # reverse-mode autodiff, which a forward solve does not need); a plain loop
+            # is what `diffrax.ForwardMode` uses, and what the counter can pass through.
+            self.solver = eqx.tree_at(
+                lambda s: s.scan_kind, self.solver, "lax", is_leaf=lambda x: x is None
+            )
+        self.derivs, (self.abstol, self.reltol), self.key = derivs, tests, key
+        self.cost = derivs.fevals_per("value_and_grad", n)  # calls of fun per gradient
+        self.adaptive = isinstance(self.controller, diffrax.AbstractAdaptiveStepSizeController)
+        implicit = isinstance(self.solver, diffrax.AbstractImplicitSolver)
+        self.device_count = hasattr(jax, "new_ref") and not implicit
+        self.host_count = _HostCount()
+
+    def point(self, state: GradientFlowState) -> Any:
+        return state.y
+
+    def _evaluate(self, y: Any, p: Any, tol: Any, accepted: Any, evals: Any) -> Evaluation:
+        """The objective and gradient at `y`, the tests, and what the steps to it cost."""
+        (loss, aux), g = self.derivs.value_and_grad(y, p)
+        gnorm = _norm(g)
+        loss = jnp.where(jnp.isfinite(gnorm), jnp.asarray(loss, loss_dtype()), jnp.nan)
+        status = jnp.asarray(RUNNING, jnp.int32)
+        if self.reltol:
+            status = jnp.where(gnorm <= tol[1] * _norm(y), RELTOL, status)
+        if self.abstol:
+            status = jnp.where(gnorm <= tol[0], ABSTOL, status)
+        evals = evals + 1
+        return Evaluation(y, loss, g, aux, counts(accepted, self.cost * evals, evals), status, True)
+
+    def init(self, u: Any, p: Any, tol: Any) -> tuple[GradientFlowState, None]:
+        """The flow at `t = 0` (diffrax's event tests the start, so a converged start takes
+        no step)."""
+        dtype = jnp.result_type(*jax.tree.leaves(u))
+        y0 = jax.tree.map(lambda x: x.astype(dtype), u)
+        dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, dtype)
+        return GradientFlowState(jnp.zeros((), dtype), y0, None, None, None, dt0), None
+
+    def _stop(self, loss: Any, gnorm: Any, unorm: Any, tol: Any) -> Any:
+        """The event's condition: converged, or the objective is not finite."""
+        stop = ~(jnp.isfinite(loss) & jnp.isfinite(gnorm))
+        if self.abstol:
+            stop = stop | (gnorm <= tol[0])
+        if self.reltol:
+            stop = stop | (gnorm <= tol[1] * unorm)
+        return stop
+
+    def run(self, state: GradientFlowState, p: Any, tol: Any, n: Any):
+        """Up to `n` accepted steps in one `diffeqsolve`, then the objective and gradient
+        at the end: (state, evaluation, the diffrax solution)."""
+        counter = _RefCount() if self.device_count else self.host_count
+        value_and_grad = self.derivs.value_and_grad
+
+        def gradient(y, p):
+            counter.add()
+            (loss, _), g = value_and_grad(y, p)
+            return loss, jax.tree.map(lambda gi, yi: gi.astype(yi.dtype), g, y)
+
+        term = diffrax.ODETerm(
+            lambda t, y, args: jax.tree.map(jnp.negative, gradient(y, args[0])[1])
+        )
+        event = None
+        if self.abstol or self.reltol:
+
+            def steady_state(t, y, args, **kwargs):
+                loss, g = gradient(y, args[0])
+                return self._stop(loss, _norm(g), _norm(y), args[1])
+
+            event = diffrax.Event(steady_state)
+        fresh = state.solver_state is None
+        before = 0 if fresh else state.controller_state.accepted
+        wrapper = AdaptiveStepBudget if self.adaptive else StepBudget
+        resumed = {} if fresh else dict(
+            solver_state=state.solver_state,
+            controller_state=state.controller_state,
+            made_jump=state.made_jump,
+        )
+        budget = jnp.asarray(jnp.minimum(before + n, np.iinfo(np.int32).max), jnp.int32)
+        sol = diffrax.diffeqsolve(
+            term, self.solver, state.t, jnp.asarray(jnp.inf, state.t.dtype), state.dt,
+            state.y, args=(p, tol), saveat=_SAVE,
+            stepsize_controller=wrapper(self.controller, budget), event=event,
+            max_steps=None, adjoint=diffrax.ForwardMode(), throw=False, **resumed,
+        )
+        t, y = sol.ts[-1], jax.tree.map(lambda ys: ys[-1], sol.ys)
+        controller = sol.controller_state
+        new = GradientFlowState(
+            t, y, sol.solver_state, controller, jnp.asarray(sol.made_jump), controller.tnext - t
+        )
+        accepted = controller.accepted - before
+        ev = self._evaluate(y, p, tol, accepted, counter.read())
+        fired = jnp.asarray(sol.event_mask) if event is not None else False
+        stopped = (accepted < n) & ~fired & (ev.status == RUNNING)
+        return new, ev._replace(status=jnp.where(stopped, STOPPED, ev.status)), sol
+
+    def step(self, state: GradientFlowState, p: Any, tol: Any):
+        new, ev, sol = self.run(state, p, tol, 1)
+        return new, ev._replace(extra=sol)
+
+    def final(self, state: GradientFlowState, p: Any, tol: Any):
+        ev = self._evaluate(state.y, p, tol, 0, 0)
+        return ev.loss, ev.counts
+
+    # -- on the host
+
+    def host_evaluations(self) -> tuple[int, int]:
+        if self.device_count:
+            return 0, 0
+        g = self.host_count.take()
+        return self.cost * g, g
+
+    def export(self, state: GradientFlowState, steps: Any, best: Any) -> GradientFlowState:
+        return state._replace(key=self.key)
+
+    def restore(self, public: GradientFlowState):
+        return public._replace(key=None), 0, None
+
+    def accepts(self, public: Any, fresh: Any) -> bool:  # the key says it all
+        return isinstance(public, GradientFlowState) and public.key == self.key
+
+    def result(self, state: GradientFlowState, consts: Any, extra: Any) -> Any:
+        return extra
+
+    def note(self, state: GradientFlowState) -> str:
+        return f"t = {float(state.t):.4g}"
+
+    def verdict(self, status: int, state: GradientFlowState, options: SolveOptions):
+        if status != STOPPED:
+            return super().verdict(status, state, options)
+        dt = float(state.dt)
+        what = "overflowed" if not np.isfinite(dt) or dt > 0 else "collapsed to zero"
+        return ReturnCode.Failure, (
+            f"the step size {what}, so the flow cannot be integrated further (the gradient "
+            "vanished exactly, or the steps are rejected without end)"
+        )
