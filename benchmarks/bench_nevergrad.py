@@ -148,7 +148,7 @@ def lotka_volterra_problem() -> tuple[Callable[..., Any], Any, Any, tuple[float,
             return jnp.stack([a * x - b * x * z, -c * z + d * x * z])
 
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 100.0, 0.1, y0,
+            diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 100.0, 0.1, y0.astype(theta.dtype),
             saveat=diffrax.SaveAt(ts=ts),
             stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
             max_steps=8192, throw=False,

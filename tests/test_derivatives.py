@@ -81,7 +81,7 @@ def numpy_rosenbrock(u, p):
 
 def test_finite_differences_for_objectives_jax_cannot_trace():
     d = derivs_of(numpy_rosenbrock, ad="finite")
-    assert d.fevals_per_grad(2) == 5
+    assert d.fevals_per("value_and_grad", 2) == 5
     (loss, aux), grad = jax.jit(d.value_and_grad)(U, np.asarray(P))
     assert aux is None
     np.testing.assert_allclose(loss, rosenbrock(U, P), rtol=1e-5)
@@ -221,7 +221,7 @@ def test_finite_differences_answer_and_a_supplied_gradient_wins():
     exact = lambda u, p: jnp.array(rosenbrock_grad(np.zeros(2)))  # noqa: E731
     g = opf.OptimizationFunction(numpy_rosenbrock, ad="finite", grad=exact)
     np.testing.assert_allclose(g.grad(U, np.asarray(P)), rosenbrock_grad(np.zeros(2)))
-    assert derivatives(g, opf.MinSense).fevals_per_grad(2) == 1
+    assert derivatives(g, opf.MinSense).fevals_per("value_and_grad", 2) == 1
 
 
 @pytest.mark.parametrize(

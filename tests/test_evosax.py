@@ -155,19 +155,6 @@ def test_callback_once_per_generation_exact_counts_and_termination():
         assert s.objective == pytest.approx(value(sphere(), s.u), rel=1e-5)
 
 
-def test_keyboard_interrupt_returns_the_best_so_far():
-    alg, _ = MATRIX["SNES"]
-
-    def callback(state, loss):
-        if state.iter == 5:
-            raise KeyboardInterrupt
-
-    with pytest.warns(UserWarning, match="interrupted"):
-        sol = opf.solve(sphere(), alg, maxiters=50, callback=callback)
-    assert sol.retcode is opf.ReturnCode.Terminated and "KeyboardInterrupt" in sol.message
-    assert sol.stats.iterations == 5 and np.isfinite(sol.objective)
-
-
 def stall_generation(best, tol, patience):
     """The first generation (1-based) where the best objective improved by at most `tol(b)`
     over the last `patience` generations."""
@@ -191,17 +178,6 @@ def test_stall_tests_stop_with_success_at_the_documented_generation(keyword):
         assert keyword in sol.message and "last 10 generations" in sol.message
         assert sol.stats.iterations == stall_generation(best, rule, 10) == len(best) < 200
         assert sol.objective == best[-1]
-
-
-@pytest.mark.parametrize("with_callback", [False, True], ids=["fused", "stepwise"])
-def test_maxtime_stops_between_generations(with_callback):
-    alg, _ = MATRIX["SNES"]
-    callback = (lambda s, loss: None) if with_callback else None
-    sol = opf.solve(sphere(), alg, maxiters=10**7, maxtime=0.3, callback=callback)
-    assert sol.retcode is opf.ReturnCode.MaxTime
-    assert 0 < sol.stats.iterations < 10**7
-    # stepwise: one more generation was dispatched ahead and is counted
-    assert sol.stats.fevals == 128 * (sol.stats.iterations + with_callback)
 
 
 def test_same_seed_same_result_other_seed_other_result_and_warm_start():
@@ -242,15 +218,6 @@ def test_a_second_solve_does_not_retrace():
     assert len(traces) > before
 
 
-@pytest.mark.parametrize("with_callback", [False, True], ids=["fused", "stepwise"])
-def test_progress_bar_shows_generations_and_loss(capsys, with_callback):
-    callback = (lambda s, loss: None) if with_callback else None
-    alg, _ = MATRIX["SNES"]
-    opf.solve(sphere(), alg, maxiters=50, progress=True, callback=callback)
-    err = capsys.readouterr().err
-    assert "50/50" in err and "loss=" in err
-
-
 # --------------------------------------------------------------------------- problems
 
 
@@ -287,14 +254,6 @@ def test_nonfinite_fitness_is_the_worst_and_does_not_poison_the_search():
         assert sol.objective < 1e-6 and np.all(np.isfinite(sol.u)), (name, sol.objective)
         assert sol.original.nonfinite > 0 and "NaN or inf" in sol.message
         assert sol.retcode is opf.ReturnCode.MaxIters
-
-
-def test_nothing_finite_is_a_failure_returning_u0():
-    prob = opf.OptimizationProblem(lambda u, p: jnp.sum(u) * jnp.nan, jnp.ones(3))
-    sol = opf.solve(prob, opf.EvoSax("SNES", population_size=8), maxiters=5)
-    assert sol.retcode is opf.ReturnCode.Failure and "no evaluation" in sol.message
-    assert np.array_equal(sol.u, jnp.ones(3)) and np.isnan(sol.objective)
-    assert sol.original.nonfinite == 40
 
 
 def test_pytree_parameters_keep_structure_and_dtypes_and_aux_follows_the_best():

@@ -2,10 +2,11 @@
 declares it can do: budgets and exact counts, maxtime, callbacks, Ctrl-C, non-finite
 values, save_best, progress, seeds and unknown options mean the same everywhere.
 
-The problems share their objectives, so each algorithm compiles its programs once for the
-whole module.
+Every test solves one objective whose behaviour its `p` sets (where it turns NaN, how slow
+it is, how hard), so each algorithm compiles its programs once for the whole module.
 """
 
+import functools
 import re
 import time
 import warnings
@@ -17,6 +18,7 @@ import pytest
 
 import optiframe as opf
 from optiframe.backends.base import registered_algorithms
+from optiframe.backends.ode import GradientFlowAlgorithm
 
 TARGET = np.array([1.0, -2.0, 3.0])
 WEIGHTS = np.array([1.0, 4.0, 16.0])  # anisotropic: no method converges in one step
@@ -25,7 +27,9 @@ WEIGHTS = np.array([1.0, 4.0, 16.0])  # anisotropic: no method converges in one 
 def _distinct() -> dict[str, opf.Algorithm]:
     """Every registered algorithm once (a "backend:NAME" alias of a plain name dropped)."""
     out: dict[str, opf.Algorithm] = {}
-    for name, alg in registered_algorithms().items():
+    by_name = registered_algorithms()
+    for name in sorted(by_name, key=lambda name: (":" in name, name)):
+        alg = by_name[name]
         if repr(alg) not in {repr(a) for a in out.values()}:
             out[name] = alg
     return out
@@ -34,16 +38,9 @@ def _distinct() -> dict[str, opf.Algorithm]:
 ALGORITHMS = _distinct()
 
 
-def algorithms(keyword: str | None = None, search: bool | None = None) -> list:
-    """The names of the algorithms that take `keyword` (and are search methods or not)."""
-    names = []
-    for name, alg in ALGORITHMS.items():
-        if keyword is not None and keyword not in alg.capabilities.keywords:
-            continue
-        if search is not None and is_search(alg) != search:
-            continue
-        names.append(name)
-    return names
+def algorithms(keyword: str) -> list[str]:
+    """The names of the algorithms that take the `solve` keyword `keyword`."""
+    return [name for name, alg in ALGORITHMS.items() if keyword in alg.capabilities.keywords]
 
 
 def is_search(alg) -> bool:
@@ -53,38 +50,9 @@ def is_search(alg) -> bool:
     )
 
 
-CALLS: list[int] = []
-
-
-def _record(u):
-    CALLS.append(u.shape[0] if u.ndim == 2 else 1)  # a vmapped batch of candidates, or one
-
-
-def counted_quadratic(u, p):
-    jax.debug.callback(_record, u)
-    return jnp.sum(WEIGHTS * (u - p) ** 2)
-
-
-def counted_residuals(u, p):
-    jax.debug.callback(_record, u)
-    return jnp.sqrt(WEIGHTS) * (u - p)
-
-
-QUADRATIC = opf.OptimizationFunction(counted_quadratic)
-RESIDUALS = opf.OptimizationFunction(counted_residuals)
-
-
-def problem(alg, **kwargs) -> opf.OptimizationProblem:
-    """The weighted quadratic (or its residuals), in the box [-5, 5]^3 for box searches."""
-    caps = alg.capabilities
-    f = RESIDUALS if caps.residuals else QUADRATIC
-    box = dict(lb=-5.0, ub=5.0) if caps.needs_bounds else {}
-    return opf.OptimizationProblem(f, jnp.zeros(3), jnp.asarray(TARGET), **box, **kwargs)
-
-
-def objective(alg, u) -> float:
-    value = float(WEIGHTS @ (np.asarray(u, float) - TARGET) ** 2)
-    return 0.5 * value if alg.capabilities.residuals else value
+def on_device(alg) -> bool:
+    """The loop is optiframe's on-device one: fused without a callback, stepwise with one."""
+    return isinstance(alg, (opf.Optax, opf.EvoSax, GradientFlowAlgorithm))
 
 
 def seeded(alg):
@@ -100,6 +68,79 @@ def ids(names):
     return [name.replace(":", "-") for name in names]
 
 
+def with_paths(names):
+    """(name, path) pairs: the device algorithms fused and stepwise (with a callback)."""
+    return [
+        pytest.param(name, path, id=f"{name.replace(':', '-')}-{path}")
+        for name in names
+        for path in (("fused", "stepwise") if on_device(ALGORITHMS[name]) else ("host",))
+    ]
+
+
+def path_callback(path):
+    return (lambda state, loss: None) if path == "stepwise" else None
+
+
+# --------------------------------------------------------------------------- the objective
+
+CALLS: list[int] = []
+
+
+def _record(u):
+    CALLS.append(u.shape[0] if u.ndim == 2 else 1)  # a vmapped batch of candidates, or one
+
+
+def _sleep(seconds):
+    time.sleep(float(seconds))
+    return np.zeros((), seconds.dtype)
+
+
+def residuals(u, p):
+    """sqrt(W) (u - target), NaN where u[0] > barrier, after `sleep` seconds; with
+    `count`, every call is recorded in CALLS. (The host callbacks run only when asked
+    for: they cost time.)"""
+    jax.lax.cond(p["count"] > 0, lambda: jax.debug.callback(_record, u), lambda: None)
+    sleep = jax.lax.stop_gradient(p["sleep"])
+    delay = jax.lax.cond(
+        sleep > 0,
+        lambda: jax.pure_callback(_sleep, jax.ShapeDtypeStruct((), u.dtype), sleep,
+                                  vmap_method="sequential"),
+        lambda: jnp.zeros((), u.dtype),
+    )
+    r = jnp.sqrt(WEIGHTS) * (u - p["target"])
+    return jnp.where(u[0] > p["barrier"], jnp.nan, r + delay)
+
+
+def quadratic(u, p):
+    """‖residuals‖²: the weighted quadratic."""
+    return jnp.sum(residuals(u, p) ** 2)
+
+
+# One function per algorithm (compiled programs belong to a function, a few per kind).
+FUNCTIONS = {
+    name: opf.OptimizationFunction(
+        functools.partial(residuals if alg.capabilities.residuals else quadratic)
+    )
+    for name, alg in ALGORITHMS.items()
+}
+
+
+def problem(name, *, target=TARGET, barrier=np.inf, sleep=0.0, u0=None, count=False):
+    """For algorithm `name`, the weighted quadratic (or its residuals), in the box
+    [-5, 5]^3 for box searches."""
+    caps = ALGORITHMS[name].capabilities
+    p = {name: jnp.asarray(value, jnp.result_type(float)) for name, value in dict(
+        target=target, barrier=barrier, sleep=sleep, count=count).items()}
+    box = dict(lb=-5.0, ub=5.0) if caps.needs_bounds else {}
+    u0 = jnp.zeros(3) if u0 is None else u0
+    return opf.OptimizationProblem(FUNCTIONS[name], u0, p, **box)
+
+
+def objective(alg, u) -> float:
+    value = float(WEIGHTS @ (np.asarray(u, float) - TARGET) ** 2)
+    return 0.5 * value if alg.capabilities.residuals else value
+
+
 # --------------------------------------------------------------------------- budgets
 
 
@@ -107,7 +148,7 @@ def ids(names):
 def test_budget_is_never_exceeded_and_every_call_of_fun_is_counted(name):
     alg = ALGORITHMS[name]
     CALLS.clear()
-    sol = opf.solve(problem(alg), alg, maxiters=6)
+    sol = opf.solve(problem(name, count=True), alg, maxiters=6)
     jax.effects_barrier()
     spent = {"evaluations": sol.stats.fevals, "residual evaluations": getattr(
         sol.original, "nfev", None)}.get(alg.capabilities.budget, sol.stats.iterations)
@@ -118,34 +159,26 @@ def test_budget_is_never_exceeded_and_every_call_of_fun_is_counted(name):
     assert sol.objective == pytest.approx(objective(alg, sol.u), rel=1e-5, abs=1e-5)
 
 
+NEED_BUDGET = [name for name, alg in ALGORITHMS.items() if alg.capabilities.needs_budget]
+
+
+@pytest.mark.parametrize("name", NEED_BUDGET, ids=ids(NEED_BUDGET))
+def test_an_algorithm_that_needs_a_budget_says_which(name):
+    alg = ALGORITHMS[name]
+    match = rf"needs a budget of {alg.capabilities.budget}: pass solve\(\.\.\., maxiters=N\)"
+    with pytest.raises(opf.InvalidProblemError, match=match):
+        opf.solve(problem(name), alg)
+
+
 # --------------------------------------------------------------------------- maxtime
 
 
-def _slow(x):
-    time.sleep(0.01)
-    return np.zeros((), x.dtype)
-
-
-def slow_rosenbrock(u, p):
-    """A 4-D Rosenbrock function (coefficient 10, stable for the fixed steps of SGD and
-    Euler at 0.01), 10 ms an evaluation: no algorithm converges in 0.1 s."""
-    x = jax.lax.stop_gradient(u[0])
-    delay = jax.pure_callback(_slow, jax.ShapeDtypeStruct((), u.dtype), x,
-                              vmap_method="sequential")
-    return delay + jnp.sum(10.0 * (u[1:] - u[:-1] ** 2) ** 2 + (1.0 - u[:-1]) ** 2)
-
-
-SLOW = opf.OptimizationFunction(slow_rosenbrock)
-
-
-@pytest.mark.parametrize("name", algorithms("maxtime"), ids=ids(algorithms("maxtime")))
-def test_maxtime_ends_the_run_with_maxtime(name):
+@pytest.mark.parametrize("name, path", with_paths(algorithms("maxtime")))
+def test_maxtime_ends_the_run_with_maxtime(name, path):
+    # 40 ms an evaluation: no algorithm converges in the two or three evaluations 0.1 s has.
     alg = ALGORITHMS[name]
-    if alg.capabilities.residuals:
-        pytest.skip("a least-squares method takes residuals (its test: test_scipy.py)")
-    box = dict(lb=-5.0, ub=5.0) if alg.capabilities.needs_bounds else {}
-    prob = opf.OptimizationProblem(SLOW, jnp.array([-1.2, 1.0, -1.2, 1.0]), **box)
-    sol = opf.solve(prob, alg, maxiters=10**6, maxtime=0.1)
+    prob = problem(name, sleep=0.04)
+    sol = opf.solve(prob, alg, maxiters=10**6, maxtime=0.1, callback=path_callback(path))
     assert sol.retcode is opf.ReturnCode.MaxTime, sol
     assert "maxtime=0.1 s reached" in sol.message
     assert np.isfinite(sol.objective) and sol.stats.time >= 0.1
@@ -157,7 +190,6 @@ def test_maxtime_ends_the_run_with_maxtime(name):
 @pytest.mark.parametrize("name", algorithms("callback"), ids=ids(algorithms("callback")))
 def test_callback_sees_each_iteration_and_true_terminates(name):
     alg = ALGORITHMS[name]
-    prob = problem(alg)
     states = []
     # SciPy's dual annealing calls back at each new minimum found, here one.
     last = 1 if isinstance(alg, opf.DualAnnealing) else 2
@@ -167,7 +199,7 @@ def test_callback_sees_each_iteration_and_true_terminates(name):
         assert loss == state.objective
         return state.iter == last
 
-    sol = opf.solve(prob, alg, maxiters=50, callback=callback)
+    sol = opf.solve(problem(name), alg, maxiters=50, callback=callback)
     assert sol.retcode is opf.ReturnCode.Terminated, sol
     assert f"callback returned True at iteration {last}" in sol.message
     assert [s.iter for s in states] == list(range(1, last + 1))
@@ -177,7 +209,7 @@ def test_callback_sees_each_iteration_and_true_terminates(name):
         if s.grad is not None:
             expected = 2 * WEIGHTS * (np.asarray(s.u) - TARGET)
             np.testing.assert_allclose(s.grad, expected, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(s.p, TARGET)
+        np.testing.assert_allclose(s.p["target"], TARGET)
 
 
 @pytest.mark.parametrize("name", algorithms("callback"), ids=ids(algorithms("callback")))
@@ -187,11 +219,10 @@ def test_ctrl_c_returns_the_best_iterate_with_a_true_warning(name):
 
     def callback(state, loss):
         seen.append(loss)
-        if state.iter == 1:
-            raise KeyboardInterrupt
+        raise KeyboardInterrupt
 
     with pytest.warns(UserWarning, match=r"interrupted: returning the best"):
-        sol = opf.solve(problem(alg), alg, maxiters=50, callback=callback)
+        sol = opf.solve(problem(name), alg, maxiters=50, callback=callback)
     assert sol.retcode is opf.ReturnCode.Terminated and "KeyboardInterrupt" in sol.message
     assert sol.objective <= min(seen) + 1e-9
     assert sol.objective == pytest.approx(objective(alg, sol.u), rel=1e-5, abs=1e-6)
@@ -199,33 +230,16 @@ def test_ctrl_c_returns_the_best_iterate_with_a_true_warning(name):
 
 # --------------------------------------------------------------------------- non-finite
 
-
-BARRIER = 0.05  # the objective is NaN beyond u[0] = BARRIER; every run from u0 = 0 meets it
-
-
-def nan_beyond(u, p):
-    """The weighted quadratic, but NaN where u[0] > BARRIER (its minimiser has u[0] = 1)."""
-    return jnp.where(u[0] > BARRIER, jnp.nan, jnp.sum(WEIGHTS * (u - p) ** 2))
+BARRIER = 0.005  # the objective is NaN beyond u[0] = BARRIER; every run from u0 = 0 meets it
 
 
-def nan_residuals(u, p):
-    return jnp.where(u[0] > BARRIER, jnp.nan, jnp.sqrt(WEIGHTS) * (u - p))
-
-
-NAN = opf.OptimizationFunction(nan_beyond)
-NAN_RESIDUALS = opf.OptimizationFunction(nan_residuals)
-
-
-@pytest.mark.parametrize("name", list(ALGORITHMS), ids=ids(ALGORITHMS))
-def test_a_nonfinite_objective_mid_run_keeps_the_best_finite_iterate(name):
+@pytest.mark.parametrize("name, path", with_paths(list(ALGORITHMS)))
+def test_a_nonfinite_objective_mid_run_keeps_the_best_finite_iterate(name, path):
     alg = ALGORITHMS[name]
-    caps = alg.capabilities
-    f = NAN_RESIDUALS if caps.residuals else NAN
-    box = dict(lb=-5.0, ub=5.0) if caps.needs_bounds else {}
-    prob = opf.OptimizationProblem(f, jnp.zeros(3), jnp.asarray(TARGET), **box)
-    sol = opf.solve(prob, alg, maxiters=100 if is_search(alg) else 1000)
+    sol = opf.solve(problem(name, barrier=BARRIER), alg, maxiters=100,
+                    callback=path_callback(path))
     assert np.isfinite(sol.objective) and np.all(np.isfinite(np.asarray(sol.u)))
-    assert float(np.asarray(sol.u)[0]) <= BARRIER + 1e-7  # 0.05 rounded to float32 is above
+    assert float(np.asarray(sol.u)[0]) <= BARRIER + 1e-8  # rounded to float32, it is above
     assert sol.objective == pytest.approx(objective(alg, sol.u), rel=1e-5, abs=1e-6)
     assert sol.objective <= objective(alg, np.zeros(3))
     if is_search(alg):  # a bad candidate, not the end of the run
@@ -238,6 +252,33 @@ def test_a_nonfinite_objective_mid_run_keeps_the_best_finite_iterate(name):
         assert "non-finite" in sol.message or "was nan" in sol.message
 
 
+@pytest.mark.parametrize("name", list(ALGORITHMS), ids=ids(ALGORITHMS))
+def test_a_nonfinite_objective_at_u0(name):
+    alg = ALGORITHMS[name]
+    prob = problem(name, target=np.full(3, np.nan), u0=jnp.ones(3))
+    if is_search(alg):  # every candidate is bad: Failure, and u0 back
+        sol = opf.solve(prob, alg, maxiters=20)
+        assert sol.retcode is opf.ReturnCode.Failure and "no evaluation" in sol.message
+        np.testing.assert_array_equal(np.asarray(sol.u), np.ones(3))
+    else:
+        with pytest.raises(opf.ObjectiveError, match=r"is nan at u0; start from a point"):
+            opf.solve(prob, alg, maxiters=20)
+
+
+def test_a_method_s_own_loop_is_replayed_to_its_exact_best_iterate():
+    # Euler with dt = 0.5 on -u moves u by 0.5 a step; the objective is NaN past 2.1. The
+    # fused run (diffrax's own loop) tracks no best point: it is replayed.
+    prob = opf.OptimizationProblem(
+        lambda u, p: jnp.sum(jnp.where(u > 2.1, jnp.nan, -u)), jnp.zeros(1)
+    )
+    for callback in (None, lambda s, loss: None):
+        sol = opf.solve(prob, opf.ODEGradientDescent(dt=0.5), maxiters=100, callback=callback)
+        assert sol.retcode is opf.ReturnCode.Failure
+        assert "non-finite after 5 accepted steps" in sol.message
+        np.testing.assert_allclose(sol.u, [2.0])
+        assert sol.objective == pytest.approx(-2.0)
+
+
 # --------------------------------------------------------------------------- save_best
 
 
@@ -248,8 +289,8 @@ def test_save_best_returns_the_lowest_objective_seen(name):
     callback = None
     if "callback" in alg.capabilities.keywords:
         callback = lambda state, loss: seen.append(loss)  # noqa: E731
-    last = opf.solve(problem(alg), alg, maxiters=8)
-    best = opf.solve(problem(alg), alg, maxiters=8, save_best=True, callback=callback)
+    last = opf.solve(problem(name), alg, maxiters=8)
+    best = opf.solve(problem(name), alg, maxiters=8, save_best=True, callback=callback)
     assert best.objective <= last.objective + 1e-9
     assert best.objective <= min(seen, default=np.inf) + 1e-9
     assert best.objective == pytest.approx(objective(alg, best.u), rel=1e-5, abs=1e-6)
@@ -258,10 +299,10 @@ def test_save_best_returns_the_lowest_objective_seen(name):
 # --------------------------------------------------------------------------- progress
 
 
-@pytest.mark.parametrize("name", algorithms("progress"), ids=ids(algorithms("progress")))
-def test_progress_shows_a_bar_with_the_loss(name, capsys):
+@pytest.mark.parametrize("name, path", with_paths(algorithms("progress")))
+def test_progress_shows_a_bar_with_the_loss(name, path, capsys):
     alg = ALGORITHMS[name]
-    opf.solve(problem(alg), alg, maxiters=6, progress=True)
+    opf.solve(problem(name), alg, maxiters=6, progress=True, callback=path_callback(path))
     err = capsys.readouterr().err
     assert "loss=" in err and re.search(r"\d+/\d+", err)
 
@@ -272,8 +313,8 @@ def test_progress_shows_a_bar_with_the_loss(name, capsys):
 @pytest.mark.parametrize("name", list(ALGORITHMS), ids=ids(ALGORITHMS))
 def test_the_same_seed_gives_the_same_result(name):
     alg = seeded(ALGORITHMS[name])
-    a = opf.solve(problem(alg), alg, maxiters=6)
-    b = opf.solve(problem(alg), alg, maxiters=6)
+    a = opf.solve(problem(name), alg, maxiters=6)
+    b = opf.solve(problem(name), alg, maxiters=6)
     np.testing.assert_array_equal(np.asarray(a.u), np.asarray(b.u))
     assert a.objective == b.objective and a.stats.fevals == b.stats.fevals
 
@@ -282,7 +323,7 @@ def test_the_same_seed_gives_the_same_result(name):
 def test_an_unknown_option_is_an_error_naming_it(name):
     alg = ALGORITHMS[name]
     with pytest.raises(opf.InvalidProblemError, match=r"unknown option\(s\) 'not_an_option'"):
-        opf.solve(problem(alg), alg, maxiters=3, not_an_option=1)
+        opf.solve(problem(name), alg, maxiters=3, not_an_option=1)
 
 
 def test_no_warnings_on_plain_solves():
@@ -290,4 +331,4 @@ def test_no_warnings_on_plain_solves():
         warnings.simplefilter("error")
         for name in ("adam", "L-BFGS-B", "evosax:SNES", "RKChebyshevDescent"):
             alg = ALGORITHMS[name]
-            opf.solve(problem(alg), alg, maxiters=3)
+            opf.solve(problem(name), alg, maxiters=3)

@@ -384,15 +384,16 @@ class DeviceRun:
         return int(counts[ITERATIONS]), float(self.sign * loss)
 
     def _fused(self, first: Evaluation | None) -> None:
-        """The whole run in one call; with `maxtime` or a progress bar, in chunks (each
-        about a tenth of the remaining time, and one refresh of the bar at most)."""
+        """The whole run in one call; with `maxtime` or a progress bar, in chunks: one
+        iteration first, then about a tenth of the remaining time each, and one refresh of
+        the bar at most."""
         total, (p, key) = self.options.maxiters, self.feed.fused_args()
         run = lambda c, limit: self.program.run(c, limit, total, p, key, self.consts)  # noqa: E731
         if self.options.maxtime is None and self.progress.bar is None:
             self.carry, self.extra = run(self.carry, total)
             self._status(self.carry)
             return
-        size = self.progress.every or 8
+        size = 1
         while True:
             done, tic = int(self.carry.counts[ITERATIONS]), self.clock.elapsed()
             self.carry, self.extra = run(self.carry, min(total, done + size))
@@ -402,10 +403,11 @@ class DeviceRun:
             if status != RUNNING or now_done >= total:
                 return
             self.clock.check()
+            size = self.progress.every or total
             if self.options.maxtime is not None:
                 per_step = (self.clock.elapsed() - tic) / max(now_done - done, 1)
-                size = int(np.clip(0.1 * self.clock.remaining() / max(per_step, 1e-9), 1, 1e6))
-                size = min(size, self.progress.every or size)
+                tenth = np.clip(0.1 * self.clock.remaining() / max(per_step, 1e-9), 1, 1e6)
+                size = min(size, int(tenth))
 
     def _stepwise(self, first: Evaluation | None) -> None:
         """One compiled iteration per call; the next one is dispatched before the host

@@ -27,14 +27,15 @@ import numpy as np
 
 from ..derivatives import Derivatives, derivatives, finite_grad, finite_value, raise_host_error
 from ..errors import ObjectiveError, OptiframeError
-from ..flat import host_unraveler, ravel, restore_like
+from ..flat import host_unraveler, ravel, restore_like, to_device
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from ._lifecycle import Clock, Halt, Progress, Stop, budget_message, cached, call_back, stopped
-from ._x64 import as_float64, float64
+from ._x64 import as_float64, float64, unsupported
 from .base import Algorithm, SolveOptions
 
 FEASIBILITY_TOL = 1e-6  # relative violation (of 1 + |bound|) that counts as rounding
+BAD_VALUE = 1e300  # what a search method is told for a non-finite value: worse than any
 
 
 def flat_bounds(problem: OptimizationProblem) -> tuple[np.ndarray, np.ndarray] | None:
@@ -47,16 +48,18 @@ def flat_bounds(problem: OptimizationProblem) -> tuple[np.ndarray, np.ndarray] |
     )
 
 
-def _flat_functions(problem: OptimizationProblem) -> dict[str, Callable[..., Any]]:
-    """The problem's derivatives on flat float64 vectors `x` (n,), jitted to run under
-    JAX's x64 mode: built once per user function, sense and shapes of `u0`."""
-    with float64():
-        template = jax.tree.map(lambda x: np.zeros(np.shape(x), np.float64), problem.u0)
+def _flat_functions(problem: OptimizationProblem, x64: bool) -> dict[str, Callable[..., Any]]:
+    """The problem's derivatives on flat vectors `x` (n,), jitted, in float64 under JAX's
+    x64 mode (or in `u0`'s dtypes): built once per user function, sense and shapes."""
+    with float64(x64):
+        template = to_device(problem.u0)
+        if x64:
+            template = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float64), template)
         _, unravel = ravel(template)
     leaves, treedef = jax.tree.flatten(template)
-    key = (problem.sense, treedef, tuple(np.shape(x) for x in leaves))
-    return cached(problem.f, "host", key, lambda: _build(derivatives(problem.f, problem.sense),
-                                                         unravel, problem.f.ad))
+    key = (problem.sense, treedef, tuple(x.shape for x in leaves), x64)
+    build = lambda: _build(derivatives(problem.f, problem.sense), unravel, problem.f.ad)  # noqa: E731
+    return cached(problem.f, "host", key, build)
 
 
 def _build(d: Derivatives, unravel: Callable[..., Any], ad: str | None) -> dict[str, Any]:
@@ -124,7 +127,7 @@ class HostObjective:
         clock: checked at every evaluation (`Halt(MaxTime)` once `maxtime` is spent).
         best: told every finite evaluation.
         stop_at_nonfinite: raise `Halt(Failure)` at the first non-finite value (a local
-            method); else tell the library `inf` instead (a search method).
+            method); else tell the library `BAD_VALUE` instead (a search method).
 
     Attributes:
         x0: the flat starting point (n,), float64.
@@ -143,10 +146,12 @@ class HostObjective:
         self.stop_at_nonfinite = stop_at_nonfinite
         self.derivs = derivatives(problem.f, problem.sense)
         self.finite = problem.f.ad == "finite"
-        self.fns = _flat_functions(problem)
+        self.x64 = True
+        self.fns = _flat_functions(problem, self.x64)
         self.unravel = host_unraveler(problem.u0)
         self.x0 = np.concatenate([np.ravel(np.asarray(x, np.float64))
                                   for x in jax.tree.leaves(problem.u0)])
+        self.dtype = jnp.result_type(*jax.tree.leaves(to_device(problem.u0)))  # JAX's own
         self.n = self.x0.size
         self.sign = self.derivs.sign
         self.fevals = self.gevals = self.hevals = self.nonfinite = 0
@@ -158,16 +163,26 @@ class HostObjective:
         self.clock.maxtime, self.stop_at_nonfinite = None, False
 
     def _call(self, name: str, *args: Any) -> Any:
-        """The jitted `name` on float64 arguments, under JAX's x64 mode."""
-        args = tuple(np.asarray(a, np.float64) for a in args)
-        with float64():
-            out = self.fns[name](*args, self.p)
+        """The jitted `name` on float64 arguments, under JAX's x64 mode; an objective that
+        cannot be traced in float64 runs in JAX's default precision (with a warning)."""
+        try:
+            with float64(self.x64):
+                dtype = np.float64 if self.x64 else self.dtype
+                out = self.fns[name](*(np.asarray(a, dtype) for a in args), self.p)
+        except (TypeError, ValueError) as err:
+            if not self.x64:
+                raise
+            unsupported(err)
+            self.x64, self.p = False, self.problem.p
+            self.fns = _flat_functions(self.problem, self.x64)
+            return self._call(name, *args)
         raise_host_error()
         return out
 
     def _seen(self, x: np.ndarray, loss: float, grad: np.ndarray | None) -> float:
         """Record an evaluation; return the loss the library is told."""
         finite = np.isfinite(loss) and (grad is None or bool(np.all(np.isfinite(grad))))
+        self.recent.append((np.array(x, np.float64), loss, grad))
         if finite:
             violation = self.violation(x) if self.problem.has_constraints else 0.0
             self.best.offer(x, loss, violation)
@@ -178,9 +193,8 @@ class HostObjective:
                     f"the objective {'or its gradient ' if grad is not None else ''}was "
                     f"{self.sign * loss} at an evaluated point; returning the best finite point"
                 ))
-        self.recent.append((np.array(x, np.float64), loss, grad))
         self.clock.check()
-        return loss if finite or self.stop_at_nonfinite else np.inf
+        return loss if finite or self.stop_at_nonfinite else BAD_VALUE
 
     def value(self, x: np.ndarray) -> float:
         """The signed loss at `x`."""
@@ -287,7 +301,7 @@ class HostRun:
 
     Attributes:
         search: a search method: `sol.u` is the best point evaluated, and a non-finite value
-            is a bad candidate (told as inf), not the end of the run.
+            is a bad candidate (told as `BAD_VALUE`), not the end of the run.
         unit: what `maxiters` counts, for messages.
     """
 
@@ -372,6 +386,9 @@ class HostRun:
         ):
             x, loss = best.x, best.loss
         if x is None:  # nothing finite was evaluated
+            if self.search:  # every candidate was bad
+                message = "no evaluation returned a finite objective; returning u0"
+                return self.pack(result, obj.x0, np.nan, ReturnCode.Failure, message)
             start = obj.lookup(obj.x0)[0]
             raise ObjectiveError(
                 f"The objective is {'not finite' if start is None else obj.sign * start} at u0; "
@@ -397,6 +414,13 @@ class HostRun:
         ):
             retcode = ReturnCode.Infeasible
             message += f" (the bounds or constraints are violated by {worst:.2e})"
+        return self.pack(result, x, loss, retcode, message)
+
+    def pack(
+        self, result: Any, x: np.ndarray, loss: float, retcode: ReturnCode, message: str
+    ) -> OptimizationSolution:
+        """The solution at `x` (signed loss `loss`)."""
+        obj = self.objective
         if obj.nonfinite and self.search:
             message += f"; {obj.nonfinite} evaluations were NaN or inf"
         return OptimizationSolution(

@@ -20,11 +20,11 @@ import numpy as np
 
 from ..derivatives import derivatives
 from ..errors import ObjectiveError, OptiframeError
-from ..flat import ravel
+from ..flat import ravel, to_device
 from ..problem import OptimizationProblem
 from ._lifecycle import cached
 from ._nevergrad_space import SearchSpace
-from ._x64 import as_float64, float64
+from ._x64 import as_float64, float64, unsupported
 
 
 class Batch(NamedTuple):
@@ -86,24 +86,30 @@ def aux_at(aux: Any, i: int) -> Any:
 # --------------------------------------------------------------------------- JAX
 
 
-def _float64_unravel(u0: Any) -> Any:
-    """The inverse of `ravel` for `u0`'s structure, giving float64 leaves."""
-    with float64():
-        return ravel(jax.tree.map(lambda x: np.zeros(np.shape(x), np.float64), u0))[1]
+def _unravel(u0: Any, x64: bool) -> Any:
+    """The inverse of `ravel` for `u0`'s structure, giving float64 leaves (or `u0`'s
+    dtypes on the device)."""
+    with float64(x64):
+        template = to_device(u0)
+        if x64:
+            template = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float64), template)
+        return ravel(template)[1]
 
 
 class JaxProgram:
-    """`fun` (and `cons`) over `size` flat float64 candidates: one jitted call under JAX's
-    x64 mode, `jax.vmap`-ed over all of them or, with `chunk`, over `chunk` at a time in a
-    loop. Built once per (user function, sense, shapes of u0, size, chunk), so later solves
-    never trace again."""
+    """`fun` (and `cons`) over `size` flat candidates: one jitted call in float64 under
+    JAX's x64 mode (or, with `x64=False`, in `u0`'s dtypes), `jax.vmap`-ed over all of them
+    or, with `chunk`, over `chunk` at a time in a loop. Built once per (user function,
+    sense, shapes of u0, size, chunk, precision), so later solves never trace again."""
 
     def __init__(
-        self, problem: OptimizationProblem, size: int, with_cons: bool, chunk: int | None
+        self, problem: OptimizationProblem, size: int, chunk: int | None, x64: bool
     ) -> None:
         derivs = derivatives(problem.f, problem.sense)
-        unravel = _float64_unravel(problem.u0)
-        self.size = size
+        unravel = _unravel(problem.u0, x64)
+        with_cons = problem.has_constraints
+        self.size, self.x64 = size, x64
+        self.dtype = np.float64 if x64 else jnp.result_type(*jax.tree.leaves(to_device(problem.u0)))
         cons = derivs.cons if with_cons else None
 
         def one(x, p):
@@ -128,17 +134,17 @@ class JaxProgram:
         b = X.shape[0]
         if b < self.size:  # a partial batch: pad it, so no other size compiles
             X = np.concatenate([X, np.repeat(X[-1:], self.size - b, axis=0)])
-        with float64():
-            return self.evaluate(np.asarray(X, np.float64), p)
+        with float64(self.x64):
+            return self.evaluate(np.asarray(X, self.dtype), p)
 
 
-def jax_program(problem: OptimizationProblem, size: int, chunk: int | None) -> JaxProgram:
+def jax_program(problem: OptimizationProblem, size: int, chunk: int | None, x64: bool):
     leaves, treedef = jax.tree.flatten(problem.u0)
     key = (
         problem.sense, treedef, tuple(np.shape(x) for x in leaves), size,
-        problem.has_constraints, chunk,
+        problem.has_constraints, chunk, x64,
     )
-    build = lambda: JaxProgram(problem, size, problem.has_constraints, chunk)  # noqa: E731
+    build = lambda: JaxProgram(problem, size, chunk, x64)  # noqa: E731
     return cached(problem.f, "nevergrad", key, build)
 
 
@@ -147,14 +153,22 @@ class JaxEvaluator:
     them or over `chunk` at a time, dispatched asynchronously."""
 
     def __init__(self, problem: OptimizationProblem, size: int, chunk: int | None) -> None:
-        self.problem, self.sign = problem, problem.sense.sign
-        self.program = jax_program(problem, size, chunk)
+        self.problem, self.sign, self.size, self.chunk = problem, problem.sense.sign, size, chunk
+        self.program = jax_program(problem, size, chunk, x64=True)
         self.p = as_float64(problem.p)
         self._checked = not problem.has_constraints
 
     def start(self, X: np.ndarray) -> Pending:
         b = X.shape[0]
-        out = self.program(X, self.p)
+        try:
+            out = self.program(X, self.p)
+        except (TypeError, ValueError) as err:  # not traceable in float64
+            if not self.program.x64:
+                raise
+            unsupported(err)
+            self.program = jax_program(self.problem, self.size, self.chunk, x64=False)
+            self.p = self.problem.p
+            out = self.program(X, self.p)
         return lambda: self._batch(b, *out)
 
     def _batch(self, b: int, loss: Any, aux: Any, cons: Any) -> Batch:
@@ -229,7 +243,7 @@ class HostConstraints:
         self.jax, self.p = None, problem.p
         if problem.f.ad == "jax":
             self.p = as_float64(problem.p)
-            cons, unravel = problem.f.cons, _float64_unravel(problem.u0)
+            cons, unravel = problem.f.cons, _unravel(problem.u0, x64=True)
             one = lambda x, p: jnp.atleast_1d(cons(unravel(x), p))  # noqa: E731
             self.jax = jax.jit(jax.vmap(one, in_axes=(0, None)))
 

@@ -10,12 +10,17 @@ its later float64 trace, which then fails to lower ("'stablehlo.subtract' op req
 compatible types"). Once per process, before the first float64 trace, NumPy arrays are
 given a handler that makes their copy in the precision in force (it keeps no cache; a
 trace converts each constant once).
+
+Code written for float32 can fail to trace in float64 (a float32 array it closes over as an
+ODE's state, integrated with float64 parameters): the backends then run it in JAX's default
+precision, with a warning (`unsupported`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,11 +40,26 @@ def _canonicalize_by_precision() -> None:
 
 
 @contextlib.contextmanager
-def float64() -> Iterator[None]:
-    """Trace and run JAX code in the block with 64-bit types enabled."""
+def float64(enabled: bool = True) -> Iterator[None]:
+    """Trace and run JAX code in the block with 64-bit types enabled (or, with
+    `enabled=False`, in JAX's default precision)."""
+    if not enabled:
+        yield
+        return
     _canonicalize_by_precision()
     with jax.enable_x64(True):
         yield
+
+
+def unsupported(err: Exception) -> None:
+    """Warn that the objective failed in float64 with `err` and runs in JAX's default
+    precision instead."""
+    warnings.warn(
+        f"The objective cannot be traced in float64 ({type(err).__name__}: {err}); it runs "
+        "in JAX's default precision instead. Make it work in any precision (e.g. build "
+        "arrays with u's dtype: y0.astype(u.dtype)), or enable JAX_ENABLE_X64.",
+        stacklevel=2,
+    )
 
 
 def as_float64(tree: Any) -> Any:
