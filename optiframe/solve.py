@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import numbers
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._checks import count, number
 from .backends.base import (
     COMMON_KEYWORDS,
     Algorithm,
@@ -117,26 +117,6 @@ def _sample(p: Any) -> Any:
     return p
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _count(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if not _is_number(value) or not float(value).is_integer() or value < 1:
-        raise InvalidProblemError(f"`solve({name}={value!r})` must be a positive integer.")
-    return int(value)
-
-
-def _tolerance(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if not _is_number(value) or not value >= 0:
-        raise InvalidProblemError(f"`solve({name}={value!r})` must be a number >= 0.")
-    return float(value)
-
-
 def _check_callback(callback: Any) -> None:
     """`callback` must be callable as callback(state, loss)."""
     if callback is None:
@@ -161,11 +141,9 @@ def _check_callback(callback: Any) -> None:
 def _validated_options(
     prob: OptimizationProblem, kw: dict[str, Any], solver_options: dict[str, Any]
 ) -> SolveOptions:
-    maxiters = _count("maxiters", kw["maxiters"])
-    epochs = _count("epochs", kw["epochs"])
-    maxtime = kw["maxtime"]
-    if maxtime is not None and (not _is_number(maxtime) or not maxtime > 0):
-        raise InvalidProblemError(f"`solve(maxtime={maxtime!r})` must be seconds > 0.")
+    maxiters = count("solve", "maxiters", kw["maxiters"], optional=True)
+    epochs = count("solve", "epochs", kw["epochs"], optional=True)
+    maxtime = number("solve", "maxtime", kw["maxtime"], positive=True, optional=True)
     callback = kw["callback"]
     _check_callback(callback)
     warm_start = kw["warm_start"]
@@ -182,9 +160,9 @@ def _validated_options(
         )
     return SolveOptions(
         maxiters=maxiters,
-        maxtime=None if maxtime is None else float(maxtime),
-        abstol=_tolerance("abstol", kw["abstol"]),
-        reltol=_tolerance("reltol", kw["reltol"]),
+        maxtime=maxtime,
+        abstol=number("solve", "abstol", kw["abstol"], optional=True),
+        reltol=number("solve", "reltol", kw["reltol"], optional=True),
         callback=callback,
         progress=as_progress(kw["progress"]),
         epochs=epochs,

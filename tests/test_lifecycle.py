@@ -68,13 +68,21 @@ def ids(names):
     return [name.replace(":", "-") for name in names]
 
 
-def with_paths(names):
-    """(name, path) pairs: the device algorithms fused and stepwise (with a callback)."""
-    return [
-        pytest.param(name, path, id=f"{name.replace(':', '-')}-{path}")
-        for name in names
-        for path in (("fused", "stepwise") if on_device(ALGORITHMS[name]) else ("host",))
-    ]
+def with_paths(names, stepwise=None):
+    """(name, path) pairs: the device algorithms fused and stepwise (with a callback); with
+    `stepwise`, stepwise only those named (the driver is shared, the steps are not)."""
+    pairs = []
+    for name in names:
+        paths = ("fused", "stepwise") if on_device(ALGORITHMS[name]) else ("host",)
+        if stepwise is not None and name not in stepwise:
+            paths = paths[:1]
+        pairs += [pytest.param(name, path, id=f"{name.replace(':', '-')}-{path}")
+                  for path in paths]
+    return pairs
+
+
+# A stepwise run of each kind of on-device step (optax, evosax, a diffrax flow).
+STEPWISE = ("adam", "evosax:SNES", "RKChebyshevDescent")
 
 
 def path_callback(path):
@@ -173,7 +181,7 @@ def test_an_algorithm_that_needs_a_budget_says_which(name):
 # --------------------------------------------------------------------------- maxtime
 
 
-@pytest.mark.parametrize("name, path", with_paths(algorithms("maxtime")))
+@pytest.mark.parametrize("name, path", with_paths(algorithms("maxtime"), STEPWISE))
 def test_maxtime_ends_the_run_with_maxtime(name, path):
     # 40 ms an evaluation: no algorithm converges in the two or three evaluations 0.1 s has.
     alg = ALGORITHMS[name]
@@ -236,7 +244,7 @@ BARRIER = 0.005  # the objective is NaN beyond u[0] = BARRIER; every run from u0
 @pytest.mark.parametrize("name, path", with_paths(list(ALGORITHMS)))
 def test_a_nonfinite_objective_mid_run_keeps_the_best_finite_iterate(name, path):
     alg = ALGORITHMS[name]
-    sol = opf.solve(problem(name, barrier=BARRIER), alg, maxiters=100,
+    sol = opf.solve(problem(name, barrier=BARRIER), alg, maxiters=20 if is_search(alg) else 100,
                     callback=path_callback(path))
     assert np.isfinite(sol.objective) and np.all(np.isfinite(np.asarray(sol.u)))
     assert float(np.asarray(sol.u)[0]) <= BARRIER + 1e-8  # rounded to float32, it is above
@@ -299,7 +307,7 @@ def test_save_best_returns_the_lowest_objective_seen(name):
 # --------------------------------------------------------------------------- progress
 
 
-@pytest.mark.parametrize("name, path", with_paths(algorithms("progress")))
+@pytest.mark.parametrize("name, path", with_paths(algorithms("progress"), STEPWISE))
 def test_progress_shows_a_bar_with_the_loss(name, path, capsys):
     alg = ALGORITHMS[name]
     opf.solve(problem(name), alg, maxiters=6, progress=True, callback=path_callback(path))

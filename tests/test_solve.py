@@ -57,7 +57,7 @@ def test_non_algorithm_object_is_rejected():
         (dict(maxiters=0), r"maxiters=0.*positive integer"),
         (dict(maxiters=2.5), r"maxiters=2.5.*positive integer"),
         (dict(maxiters=10, abstol=-1.0), r"abstol=-1.0.*>= 0"),
-        (dict(maxiters=10, maxtime=0), r"maxtime=0.*seconds > 0"),
+        (dict(maxiters=10, maxtime=0), r"maxtime=0.*number > 0"),
         (dict(maxiters=10, callback=3), r"callback=.*callable"),
         (dict(maxiters=10, warm_start=3), r"warm_start=.*OptimizationSolution"),
         (dict(maxiters=10, progress="yes"), r"progress='yes'.*ProgressBar"),
@@ -126,3 +126,33 @@ def test_unsupported_keyword_is_rejected_before_dispatch(dummy_registered):
             "dummy-slsqp",
             maxiters=3,
         )
+
+
+def test_a_count_that_is_not_a_number_is_refused():
+    with pytest.raises(opf.InvalidProblemError, match=r"maxiters='10'.*positive integer"):
+        opf.solve(quadratic_problem(), optax.adam(1e-2), maxiters="10")
+
+
+def test_a_callback_that_cannot_take_state_and_loss_is_refused_before_the_run():
+    def report(state):
+        return False
+
+    with pytest.raises(opf.InvalidProblemError, match=r"callback=report.*callback\(state, loss\)"):
+        opf.solve(quadratic_problem(), optax.adam(1e-2), maxiters=3, callback=report)
+
+
+def test_capabilities_are_checked_before_the_keywords():
+    # A data loader given to L-BFGS-B without epochs: the capability, not "pass epochs=".
+    prob = opf.OptimizationProblem(quadratic, QUADRATIC.u0, opf.DataLoader(jnp.ones((4, 3)), 2))
+    with pytest.raises(opf.UnsupportedFeatureError, match=r"data iterator.*such as 'adagrad'"):
+        opf.solve(prob, opf.LBFGSB())
+
+
+def test_suggestions_name_algorithms_as_they_are_spelled():
+    with pytest.raises(opf.OptiframeError, match=r"Did you mean .*'L-BFGS-B'"):
+        opf.solve(quadratic_problem(), "l-bfgs", maxiters=3)
+
+
+def test_an_objective_returning_a_python_float_runs():
+    sol = opf.solve(opf.OptimizationProblem(lambda u, p: 1.0, QUADRATIC.u0), "adam", maxiters=3)
+    assert sol.objective == 1.0 and sol.retcode is opf.ReturnCode.MaxIters

@@ -106,18 +106,12 @@ class DeviceMethod:
     Attributes:
         search: a search method: `sol.u` is the best point evaluated, and a non-finite
             value is a bad candidate, not the end of the run.
-        unit: what `maxiters` counts, for messages.
         stops: the method's status codes -> (ReturnCode, message); the message may name
-            the options (`{abstol}`, `{reltol}`, ...).
-        state_type: the type of `export`'s warm-start state.
-        answer: what a run returns, in the interrupt warning.
+            `{options.abstol}`, `{method....}`.
     """
 
     search: ClassVar[bool] = False
-    unit: ClassVar[str] = "iterations"
     stops: ClassVar[dict[int, tuple[ReturnCode, str]]] = {}
-    state_type: ClassVar[type] = tuple
-    answer: ClassVar[str] = "the last iterate, or the best one if it is not finite"
     run: Callable[..., Any] | None = None
 
     def init(self, u: Any, p: Any, consts: Any) -> tuple[Any, Evaluation | None]:
@@ -305,6 +299,7 @@ class DeviceRun:
         build: Callable[[], DeviceMethod],
     ) -> None:
         self.alg, self.problem, self.options = alg, problem, options
+        self.unit = alg.capabilities.budget
         self.key = (key, problem.sense)
         self.method = method = cached(problem.f, "method", self.key, build)
         self.sign = problem.sense.sign
@@ -313,7 +308,7 @@ class DeviceRun:
             method.run is not None and options.save_best
         )
         # The best point is tracked wherever the loop is this module's; a method's own
-        # loop cannot, and a non-finite end is replayed instead (`_replay`).
+        # loop cannot, and a non-finite end is replayed instead (`_rescue`).
         self.tracked = self.stepwise or method.run is None
         self.program = self._program(Spec(self.tracked, None if self.stepwise else self.feed.shape))
         self.u = to_device(problem.u0)
@@ -512,7 +507,7 @@ class DeviceRun:
                 u, loss = self.method.point(self.initial.state), math.nan
             retcode = retcode or ReturnCode.Failure
             message = message or (
-                f"the objective became non-finite after {at} {method.unit}; returning the "
+                f"the objective became non-finite after {at} {self.unit}; returning the "
                 "best finite iterate"
             )
         else:
@@ -522,7 +517,7 @@ class DeviceRun:
         if retcode is None:
             retcode, message = (
                 method.verdict(status, self.carry.state, options) if status >= FIRST_STOP
-                else budget_message(options, method.unit)
+                else budget_message(options, self.unit)
             )
         carry = self.carry
         counts = np.asarray(carry.counts)

@@ -302,11 +302,9 @@ class HostRun:
     Attributes:
         search: a search method: `sol.u` is the best point evaluated, and a non-finite value
             is a bad candidate (told as `BAD_VALUE`), not the end of the run.
-        unit: what `maxiters` counts, for messages.
     """
 
     search: ClassVar[bool] = False
-    unit: ClassVar[str] = "iterations"
 
     def __init__(self, alg: Algorithm, problem: OptimizationProblem, options: SolveOptions):
         self.alg, self.problem, self.options = alg, problem, options
@@ -338,7 +336,7 @@ class HostRun:
         it, the signed loss there): the bar, the callback, the clock."""
         obj = self.objective
         self.iterations += 1
-        self.last_x = np.array(x, np.float64)
+        x = self.last_x = np.array(x, np.float64)  # a copy: SciPy updates its own in place
         callback = self.options.callback
         if callback is not None or self.progress.bar is not None:
             seen, grad = obj.lookup(x)
@@ -406,7 +404,7 @@ class HostRun:
             message = message or "non-finite result; the best finite point is returned"
         if retcode is None:
             retcode, message = self.verdict(result) if result is not None else budget_message(
-                options, self.unit
+                options, self.alg.capabilities.budget
             )
         worst = obj.violation(x)
         if worst > FEASIBILITY_TOL and retcode in (

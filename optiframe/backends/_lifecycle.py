@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import difflib
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._checks import did_you_mean
 from ..errors import InvalidProblemError
 from ..problem import OptimizationFunction
 from ..progress import ProgressBar, advance
@@ -116,13 +116,10 @@ def check_options(given: Any, known: Any, where: str, fix: str = "") -> None:
     unknown = sorted(set(given) - set(known))
     if not unknown:
         return
-    hints = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    hints = ", ".join(f"{name!r}{did_you_mean(name, known)}" for name in unknown)
     takes = f"it takes {', '.join(known)}" if known else "it takes none"
     raise InvalidProblemError(
-        f"`{where}`: unknown option(s) {', '.join(hints)}; {takes}." + (f" {fix}" if fix else "")
+        f"`{where}`: unknown option(s) {hints}; {takes}." + (f" {fix}" if fix else "")
     )
 
 

@@ -165,12 +165,10 @@ class FlowMethod(DeviceMethod):
     """An accepted step of the gradient flow, or many in one `diffeqsolve` (`run`). The
     state is a `GradientFlowState` (its diffrax fields None before the first step)."""
 
-    unit = "accepted steps"
     stops = {
         ABSTOL: (ReturnCode.Success, "‖∇f‖ <= abstol={options.abstol}"),
         RELTOL: (ReturnCode.Success, "‖∇f‖ <= reltol={options.reltol} × ‖u‖"),
     }  # and STOPPED: diffrax ended the integration early (`verdict`)
-    state_type = GradientFlowState
 
     def __init__(
         self, alg: GradientFlowAlgorithm, derivs: Derivatives, tests: tuple[bool, bool], n: int,

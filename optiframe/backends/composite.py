@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import optax
 
+from .._checks import count
 from ..data import is_data_iterator
 from ..errors import OptiframeError
 from ..flat import ravel, restore_like, to_device
@@ -77,10 +78,7 @@ class MultiStart(Algorithm):
             raise OptiframeError(
                 f"`MultiStart(sampler={self.sampler!r})` must be one of {_SAMPLERS}."
             )
-        if not isinstance(self.n_starts, int) or self.n_starts < 1:
-            raise OptiframeError(
-                f"`MultiStart(n_starts={self.n_starts!r})` must be a positive integer."
-            )
+        count("MultiStart", "n_starts", self.n_starts)
 
     @property
     def local(self) -> Algorithm:

@@ -13,7 +13,6 @@ state stays in `sol.original`. See docs/evosax.md.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import math
 from collections.abc import Mapping
@@ -23,12 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import count, lookup, number
+from .._checks import seed as check_seed
 from ..derivatives import Derivatives, check_objective, derivatives
 from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..flat import device_shapes, ravel, to_device
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
 from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts
+from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
 
 # The backend's own options and their defaults; every other option configures the evosax
@@ -107,14 +109,8 @@ def _import_evosax() -> Any:
 
 def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Validate the backend's own options; others are checked against evosax at solve."""
-    patience = options.get("patience", 1)
-    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
-        raise InvalidProblemError(f"`{where}(patience={patience!r})` must be an integer >= 1.")
-    init_std = options.get("init_std")
-    if init_std is not None and (
-        isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not init_std > 0
-    ):
-        raise InvalidProblemError(f"`{where}(init_std={init_std!r})` must be None or a number > 0.")
+    count(where, "patience", options.get("patience", 1))
+    number(where, "init_std", options.get("init_std"), positive=True, optional=True)
     return dict(options)
 
 
@@ -135,32 +131,11 @@ def resolve_algorithm(name: Any) -> tuple[type, str]:
             "pass its name or class instead: optiframe builds it from the problem "
             "(population_size, the template solution)."
         )
-    if not isinstance(name, str):
-        raise InvalidProblemError(
-            f"`EvoSax(name=...)` must be a name in evosax.algorithms.algorithms or an evosax "
-            f"algorithm class, got {type(name).__name__}."
-        )
     registry = dict(algorithms.algorithms)
     for cls in list(registry.values()):  # class names too: "DiscoveredES" for "DES"
         registry.setdefault(cls.__name__, cls)
-    if name in registry:
-        return registry[name], name
-    folded = [key for key in registry if key.lower() == name.lower()]
-    if len({registry[key] for key in folded}) == 1:
-        return registry[folded[0]], folded[0]
-    lower = {key.lower(): key for key in registry}
-    close = [lower[k] for k in difflib.get_close_matches(name.lower(), list(lower), 6, 0.6)]
-    close += [k for k in registry if k.lower().startswith(name.lower()[:3]) and k not in close]
-    hint = f" Did you mean {', '.join(repr(c) for c in close[:8])}?" if close else ""
-    raise InvalidProblemError(
-        f"`EvoSax(name={name!r})`: no algorithm of that name in evosax "
-        f"({', '.join(sorted(algorithms.algorithms))}).{hint}"
-    )
-
-
-def _hint(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    listing = f"evosax's algorithms ({', '.join(sorted(algorithms.algorithms))})"
+    return lookup(f"EvoSax(name={name!r})", name, registry, listing)
 
 
 def _default_population(n: int) -> int:
@@ -234,22 +209,11 @@ class EvoSax(Algorithm):
                 f"`EvoSax(name={name!r})` must be a name in evosax.algorithms.algorithms or "
                 "an evosax algorithm class."
             )
-        if population_size is not None and (
-            isinstance(population_size, bool)
-            or not isinstance(population_size, (int, np.integer)) or population_size < 1
-        ):
-            raise InvalidProblemError(
-                f"`EvoSax(population_size={population_size!r})` must be None or a positive "
-                "integer."
-            )
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
-            0 <= seed < 2**32
-        ):
-            raise InvalidProblemError(f"`EvoSax(seed={seed!r})` must be an integer in [0, 2**32).")
         for field, value in (
             ("name", name.strip() if isinstance(name, str) else name),
-            ("population_size", None if population_size is None else int(population_size)),
-            ("seed", int(seed)),
+            ("population_size", count("EvoSax", "population_size", population_size,
+                                      optional=True)),
+            ("seed", check_seed("EvoSax", seed)),
             ("options", _check_options(options, "EvoSax")),
         ):
             object.__setattr__(self, field, value)
@@ -375,15 +339,10 @@ def _params(algorithm: Any, overrides: dict[str, Any], cls_name: str, known: lis
     """evosax's `default_params` with the options that name its fields applied."""
     params = _defaults(algorithm)
     fields = [f.name for f in dataclasses.fields(params)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        allowed = sorted(set(known) | set(fields))
-        raise InvalidProblemError(
-            f"`EvoSax({cls_name!r}, ...)`: unknown option(s) "
-            f"{', '.join(_hint(n, allowed) for n in unknown)}; it takes the backend's "
-            f"{', '.join(sorted(_OPTIONS))}, the constructor arguments and params fields of "
-            f"evosax's {cls_name}: {', '.join(sorted(set(known) - set(_OPTIONS)) + fields)}."
-        )
+    check_options(
+        overrides, set(known) | set(fields), f"EvoSax({cls_name!r}, ...)",
+        "Options are the backend's own, evosax's constructor arguments and params fields.",
+    )
     values = {}
     for name, value in overrides.items():
         old = getattr(params, name)
@@ -461,7 +420,6 @@ class EvoSaxMethod(DeviceMethod):
     """
 
     search = True
-    unit = "generations"
     stops = {
         ABSTOL: (ReturnCode.Success, (
             "best objective improved by <= abstol={options.abstol} over the last "
@@ -472,7 +430,6 @@ class EvoSaxMethod(DeviceMethod):
             "{method.spec.patience} generations"
         )),
     }
-    state_type = EvoSaxState
 
     def __init__(self, algorithm: Any, derivs: Derivatives, shapes: Any, spec: SearchSpec):
         self.algorithm, self.derivs, self.shapes, self.spec = algorithm, derivs, shapes, spec

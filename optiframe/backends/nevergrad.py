@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import difflib
 import time
 import warnings
 from collections.abc import Mapping
@@ -27,12 +26,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._checks import count, lookup, number
+from .._checks import seed as check_seed
 from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..flat import restore_like
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from ._host import BestPoint, HostRun
-from ._lifecycle import Stop, budget_message, call_back
+from ._lifecycle import Stop, budget_message, call_back, check_options
 from ._nevergrad_eval import (
     Batch,
     ExecutorEvaluator,
@@ -148,17 +149,10 @@ class NevergradStep(NamedTuple):
 
 
 def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, list(_OPTIONS), n=1, cutoff=0.6)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise InvalidProblemError(
-            f"`{where}`: unknown option(s) {', '.join(hints)}; the Nevergrad backend takes "
-            f"{', '.join(sorted(_OPTIONS))}. Configure the optimizer itself by passing a "
-            "configured optimizer, e.g. ng.families.ParametrizedCMA(popsize=20)."
-        )
+    check_options(
+        options, _OPTIONS, where, "Configure the optimizer itself by passing a configured "
+        "optimizer, e.g. ng.families.ParametrizedCMA(popsize=20).",
+    )
     bounding = options.get("bounding")
     if bounding is not None and bounding not in BOUNDINGS:
         raise InvalidProblemError(
@@ -170,9 +164,7 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise InvalidProblemError(
             f"`{where}(constraints={mode!r})` must be 'penalty' or 'cheap'."
         )
-    tol = options.get("constraint_tol", 0.0)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise InvalidProblemError(f"`{where}(constraint_tol={tol!r})` must be a number >= 0.")
+    number(where, "constraint_tol", options.get("constraint_tol", 0.0))
     style = options.get("penalty_style", PENALTY_STYLE)
     if not (
         isinstance(style, (tuple, list)) and len(style) == 6
@@ -182,11 +174,7 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
             f"`{where}(penalty_style={style!r})` must be 6 numbers (a, b, c, d, e, f) as "
             "Nevergrad's tell(penalty_style=...) takes them."
         )
-    chunk = options.get("chunk")
-    if chunk is not None and (
-        isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1
-    ):
-        raise InvalidProblemError(f"`{where}(chunk={chunk!r})` must be None or an integer >= 1.")
+    count(where, "chunk", options.get("chunk"), optional=True)
     for flag in ("batch_mode", "noisy"):
         if flag in options and not isinstance(options[flag], bool):
             raise InvalidProblemError(f"`{where}({flag}={options[flag]!r})` must be True or False.")
@@ -264,19 +252,6 @@ class Nevergrad(Algorithm):
                 f"`Nevergrad(name={name!r})` must be a name in ng.optimizers.registry, an "
                 "optimizer class or a configured optimizer."
             )
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-            or not 0 <= seed < 2**32
-        ):
-            raise InvalidProblemError(
-                f"`Nevergrad(seed={seed!r})` must be None or an integer in [0, 2**32)."
-            )
-        if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or (
-            num_workers < 1
-        ):
-            raise InvalidProblemError(
-                f"`Nevergrad(num_workers={num_workers!r})` must be a positive integer."
-            )
         if executor is not None and not callable(getattr(executor, "submit", None)):
             raise InvalidProblemError(
                 f"`Nevergrad(executor=...)` must have a submit(fn, *args) method (a "
@@ -285,8 +260,8 @@ class Nevergrad(Algorithm):
         options = _check_options(options, "Nevergrad")
         for field, value in (
             ("name", name.strip() if isinstance(name, str) else name),
-            ("seed", None if seed is None else int(seed)),
-            ("num_workers", int(num_workers)),
+            ("seed", check_seed("Nevergrad", seed, optional=True)),
+            ("num_workers", count("Nevergrad", "num_workers", num_workers)),
             ("executor", executor),
             ("options", options),
         ):
@@ -342,18 +317,8 @@ def resolve_optimizer(name: Any) -> tuple[Any, str]:
 
     registry = ng.optimizers.registry
     if isinstance(name, str):
-        if name in registry:
-            return registry[name], name
-        folded = [key for key in registry if key.lower() == name.lower()]
-        if len(folded) == 1:
-            return registry[folded[0]], folded[0]
-        close = difflib.get_close_matches(name, list(registry), n=6, cutoff=0.6)
-        close += [k for k in registry if k.lower().startswith(name.lower()) and k not in close]
-        hint = f" Did you mean {', '.join(repr(c) for c in close[:8])}?" if close else ""
-        raise InvalidProblemError(
-            f"`Nevergrad(name={name!r})`: no optimizer of that name in Nevergrad's registry "
-            f"({len(registry)} names, see ng.optimizers.registry).{hint}"
-        )
+        listing = f"Nevergrad's {len(registry)} optimizers (ng.optimizers.registry)"
+        return lookup(f"Nevergrad(name={name!r})", name, registry, listing)
     if isinstance(name, base.ConfiguredOptimizer) or (
         isinstance(name, type) and issubclass(name, base.Optimizer)
     ):
@@ -441,7 +406,6 @@ class _NevergradRun(HostRun):
 
     alg: Nevergrad
     search = True
-    unit = "evaluations"
 
     def __init__(
         self, alg: Nevergrad, problem: OptimizationProblem, options: SolveOptions,
@@ -778,7 +742,7 @@ class _NevergradRun(HostRun):
                 f"the least violating one (largest violation {best.violation:.3g})"
             ))
         if retcode is None:
-            retcode, message = budget_message(self.options, self.unit)
+            retcode, message = budget_message(self.options, "evaluations")
         return OptimizationSolution(
             u=restore_like(space.tree(x), problem.u0),
             objective=float(objective),

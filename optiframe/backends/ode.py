@@ -17,10 +17,10 @@ import diffrax and equinox only when a gradient-flow solve runs.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from typing import Any, NamedTuple
 
+from .._checks import number
 from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register
@@ -53,20 +53,6 @@ class GradientFlowState(NamedTuple):
     key: Any = None
 
 
-def _positive(owner: str, name: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and value > 0
-    )
-    if not ok:
-        raise InvalidProblemError(
-            f"`{owner}({name}={value!r})` must be a finite number > 0"
-            + (" or None." if allow_none else ".")
-        )
-
-
 class GradientFlowAlgorithm(Algorithm):
     """Base of the gradient-flow algorithms: integrate `du/dt = −∇f(u)` with diffrax.
 
@@ -84,7 +70,7 @@ class GradientFlowAlgorithm(Algorithm):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            needs=frozenset({"grad"}), budget="accepted ODE steps", needs_budget=True,
+            needs=frozenset({"grad"}), budget="accepted steps", needs_budget=True,
             keywords=_KEYWORDS,
         )
 
@@ -156,7 +142,7 @@ class ODEGradientDescent(GradientFlowAlgorithm):
     dt: float = 0.01
 
     def __post_init__(self) -> None:
-        _positive("ODEGradientDescent", "dt", self.dt)
+        number("ODEGradientDescent", "dt", self.dt, positive=True)
 
     def components(self) -> tuple[Any, Any, float | None]:
         import diffrax
@@ -172,9 +158,9 @@ class _Adaptive(GradientFlowAlgorithm):
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        _positive(owner, "rtol", self.rtol)
-        _positive(owner, "atol", self.atol)
-        _positive(owner, "dt0", self.dt0, allow_none=True)
+        number(owner, "rtol", self.rtol, positive=True)
+        number(owner, "atol", self.atol, positive=True)
+        number(owner, "dt0", self.dt0, positive=True, optional=True)
 
     def _solver(self) -> Any:
         raise NotImplementedError
@@ -268,7 +254,8 @@ class RKChebyshevDescent(_Adaptive):
                 f"`RKChebyshevDescent(max_stages={self.max_stages!r})` must be an integer "
                 ">= 2."
             )
-        _positive("RKChebyshevDescent", "spectral_radius", self.spectral_radius, allow_none=True)
+        number("RKChebyshevDescent", "spectral_radius", self.spectral_radius, positive=True,
+               optional=True)
 
     def _solver(self) -> Any:
         from ._rkc import RKC
@@ -311,7 +298,7 @@ class GradientFlow(GradientFlowAlgorithm):
                 f"`GradientFlow(solver=...)` must be a diffrax solver (e.g. "
                 f"diffrax.Tsit5()), got {type(self.solver).__name__}."
             )
-        _positive("GradientFlow", "dt0", self.dt0, allow_none=True)
+        number("GradientFlow", "dt0", self.dt0, positive=True, optional=True)
         name = type(self.solver).__name__
         structure = self.solver.term_structure
         structure = getattr(structure, "__origin__", structure)

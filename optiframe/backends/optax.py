@@ -225,8 +225,6 @@ class OptaxMethod(DeviceMethod):
             ReturnCode.Success, "relative change of the objective <= reltol={options.reltol}"
         ),
     }
-    state_type = OptaxState
-    answer = "the best iterate so far"
 
     def __init__(self, alg: Optax, derivs: Derivatives, spec: OptaxSpec) -> None:
         self.transform, self.derivs, self.spec = alg.transform, derivs, spec

@@ -9,7 +9,6 @@ in float64 whatever JAX's default precision (`_host.HostObjective`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -18,7 +17,8 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
-from ..errors import InvalidProblemError, OptiframeError
+from .._checks import lookup
+from ..errors import InvalidProblemError
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
 from ._host import HostRun, flat_bounds
@@ -137,16 +137,9 @@ _KEYWORDS = ("maxiters", "maxtime", "callback", "progress", "save_best")
 
 
 def _method(name: str) -> MethodSpec:
-    spec = METHODS.get(str(name).lower())
-    if spec is None:
-        names = [s.name for s in METHODS.values()]
-        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise OptiframeError(
-            f"`ScipyMinimize(method={name!r})` is not a scipy.optimize.minimize method.{hint} "
-            f"Methods: {', '.join(names)}."
-        )
-    return spec
+    names = {spec.name: spec for spec in METHODS.values()}
+    listing = f"scipy.optimize.minimize's methods ({', '.join(names)})"
+    return lookup(f"ScipyMinimize(method={name!r})", str(name), names, listing)[0]
 
 
 class ScipyMinimize(Algorithm):
