@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,14 +86,13 @@ class DataLoader:
         """The sample indices of epoch `epoch`, (N,): a permutation or `arange(N)`."""
         if not self.shuffle:
             return jnp.arange(self.num_samples)
-        return jax.random.permutation(jax.random.fold_in(self.key, epoch), self.num_samples)
+        return _permutation(self.key, epoch, self.num_samples)
 
     def batch(self, epoch: int, index: int, order: jax.Array | None = None) -> Any:
         """Batch `index` of epoch `epoch` (pass `order(epoch)` to reuse it)."""
         order = self.order(epoch) if order is None else order
         start = index * self.batch_size
-        take = order[start : start + self.batch_size]
-        return jax.tree.map(lambda a: a[take], self.arrays)
+        return _take(self.arrays, order, start, min(self.batch_size, self.num_samples - start))
 
     def epoch(self, epoch: int) -> Iterator[Any]:
         """The batches of epoch `epoch`, in order."""
@@ -110,6 +110,18 @@ class DataLoader:
             f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
             f"batches={len(self)}, shuffle={self.shuffle}, drop_last={self.drop_last})"
         )
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _permutation(key: jax.Array, epoch: Any, n: int) -> jax.Array:
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _take(arrays: Any, order: jax.Array, start: Any, size: int) -> Any:
+    """The samples `order[start : start + size]` of every array (one compiled gather)."""
+    take = jax.lax.dynamic_slice_in_dim(order, start, size)
+    return jax.tree.map(lambda a: jnp.take(a, take, axis=0), arrays)
 
 
 def is_data_iterator(p: Any) -> bool:

@@ -106,11 +106,13 @@ class DeviceMethod:
     Attributes:
         search: a search method: `sol.u` is the best point evaluated, and a non-finite
             value is a bad candidate, not the end of the run.
+        evaluates_start: `init` evaluates the objective (it is given `p`; else None).
         stops: the method's status codes -> (ReturnCode, message); the message may name
             `{options.abstol}`, `{method....}`.
     """
 
     search: ClassVar[bool] = False
+    evaluates_start: ClassVar[bool] = False
     stops: ClassVar[dict[int, tuple[ReturnCode, str]]] = {}
     run: Callable[..., Any] | None = None
 
@@ -185,8 +187,11 @@ class Program:
     """The jitted functions of one (method, spec), built once per user function.
 
     - `init(u, p, consts, steps) -> (carry, evaluation)`, `resume(state, steps) -> carry`;
-    - `step(carry, p, consts) -> (carry, evaluation)`: one iteration; the evaluation's loss
-      and gradient in the user's sign (`fun`, not `sign * fun`);
+    - `step(carry, p, consts) -> (carry, evaluation, news)`: one iteration; the evaluation's
+      point, gradient (in the user's sign: `fun`, not `sign * fun`), aux and extra, and
+      `news`, what the host reads after each step in one transfer: [the objective in the
+      user's sign, the iterations it added, the status] (a value the carry also holds is
+      not returned twice: XLA copies it, at a cost of tens of µs a step);
     - `run(carry, limit, total, p, key, consts) -> (carry, extra)`: iterations until
       `limit` iterations of this solve or a stop, then, at `total`, the loss at the final
       point; for a `DataLoader`, `p` is its arrays and `key` its key (or None);
@@ -217,19 +222,21 @@ class Program:
         return self._record(carry, evaluation), self._users(evaluation)
 
     def _record(self, carry: Carry, ev: Evaluation) -> Carry:
-        """Count `ev`, keep it if it is the best, and set the status."""
+        """Count `ev`, keep it if it is the best, and set the status (whole arrays built
+        at once: in-place updates of `counts` and `losses` cost time every iteration)."""
         loss = ev.loss.astype(loss_dtype())
         finite = jnp.isfinite(loss)
         status = ev.status if self.method.search else jnp.where(finite, ev.status, NONFINITE)
-        carry = self._count(carry, ev.counts, status)
-        best_u, losses = carry.best_u, carry.losses
+        step = ev.counts
+        counts = carry.counts + jnp.stack([step[0], *step, jnp.zeros((), jnp.int32)])
+        counts = jnp.where(jnp.arange(5) == STATUS, status, counts)
+        best_u, best = carry.best_u, carry.losses[BEST]
         if best_u is not None:
-            better = finite & (loss < losses[BEST])
+            better = finite & (loss < best)
             best_u = jax.tree.map(lambda new, old: jnp.where(better, new, old), ev.u, best_u)
-            losses = losses.at[BEST].set(jnp.where(better, loss, losses[BEST]))
-        final = jnp.where(ev.at_state, loss, jnp.inf)
-        losses = losses.at[LAST].set(loss).at[FINAL].set(final)
-        return carry._replace(losses=losses, best_u=best_u)
+            best = jnp.where(better, loss, best)
+        losses = jnp.stack([loss, best, jnp.where(ev.at_state, loss, jnp.inf)])
+        return carry._replace(counts=counts, losses=losses, best_u=best_u)
 
     def _iterate(self, carry: Carry, p: Any, consts: Any) -> tuple[Carry, Evaluation]:
         state, ev = self.method.step(carry.state, p, consts)
@@ -240,9 +247,15 @@ class Program:
         grad = None if ev.grad is None else jax.tree.map(lambda g: sign * g, ev.grad)
         return ev._replace(loss=sign * ev.loss, grad=grad)
 
-    def _step(self, carry: Carry, p: Any, consts: Any) -> tuple[Carry, Evaluation]:
-        carry, ev = self._iterate(carry, p, consts)
-        return carry, self._users(ev)
+    def _step(self, carry: Carry, p: Any, consts: Any) -> tuple[Carry, Evaluation, jax.Array]:
+        after, ev = self._iterate(carry, p, consts)
+        dtype = loss_dtype()
+        added = after.counts[ITERATIONS] - carry.counts[ITERATIONS]
+        news = jnp.stack(
+            [self.sign * ev.loss.astype(dtype), added.astype(dtype), after.counts[STATUS].astype(dtype)]
+        )
+        ev = self._users(ev)._replace(loss=None, counts=None, status=None, at_state=None)
+        return after, ev, news
 
     def _final(self, carry: Carry, p: Any, consts: Any) -> Carry:
         loss, step = self.method.final(carry.state, p, consts)
@@ -256,10 +269,6 @@ class Program:
         if self.method.search:
             return carry
         return jax.lax.cond(due, lambda c: self._final(c, p, consts), lambda c: c, carry)
-
-    def _count(self, carry: Carry, step: jax.Array, status: Any) -> Carry:
-        counts = carry.counts + jnp.concatenate([step[:1], step, jnp.zeros(1, jnp.int32)])
-        return carry._replace(counts=counts.at[STATUS].set(status))
 
     def _run(self, carry, limit, total, p, key, consts) -> tuple[Carry, Any]:
         if self.method.run is not None:  # the method's own loop
@@ -307,9 +316,10 @@ class DeviceRun:
         self.stepwise = options.callback is not None or self.feed.iterator or (
             method.run is not None and options.save_best
         )
-        # The best point is tracked wherever the loop is this module's; a method's own
-        # loop cannot, and a non-finite end is replayed instead (`_rescue`).
-        self.tracked = self.stepwise or method.run is None
+        # The best point: kept on the device for a search (it is the answer) and for
+        # `save_best` in a fused loop (it costs time every step), by the host in a stepwise
+        # run; a fused run that ends non-finite is replayed to find it (`_rescue`).
+        self.tracked = method.search or (options.save_best and not self.stepwise)
         self.program = self._program(Spec(self.tracked, None if self.stepwise else self.feed.shape))
         self.u = to_device(problem.u0)
 
@@ -318,12 +328,13 @@ class DeviceRun:
         return cached(self.problem.f, "device", (self.key, spec), build)
 
     def _start(self) -> tuple[Carry, Evaluation | None]:
+        """The first carry, and what the method's start evaluated."""
         warm, program = self.options.warm_start, self.program
-        p = None if self.feed.iterator else self.feed.batch(0)
         if warm is None:
-            return program.init(self.u, p, self.consts, 0)
+            self.start_p = self._p(0)
+            return program.init(self.u, self.start_p, self.consts, 0)
         fresh = lambda: jax.eval_shape(  # noqa: E731
-            lambda: self._export(program.init(self.u, p, self.consts, 0)[0])
+            lambda: self._export(program.init(self.u, self._p(0), self.consts, 0)[0])
         )
         if not self.method.accepts(warm.state, fresh):
             raise InvalidProblemError(
@@ -333,6 +344,13 @@ class DeviceRun:
             )
         state, steps, best = self.method.restore(warm.state)
         return program.resume(state, jnp.asarray(steps, jnp.int32), best), None
+
+    def _p(self, step: int, needed: bool = False) -> Any:
+        """The `p` of the iteration at `step`, if the method's start evaluates or `needed`
+        (gathering a batch costs time), else None."""
+        if self.feed.iterator or not (needed or self.method.evaluates_start):
+            return None
+        return self.feed.batch(step)
 
     def _export(self, carry: Carry) -> Any:
         best = (carry.best_u, carry.losses[BEST])
@@ -347,13 +365,12 @@ class DeviceRun:
         self.method.host_evaluations()  # counts from before this run are not its own
         self.clock = Clock(self.options.maxtime)
         self.progress = Progress(self.options.progress, self.options.maxiters)
+        # The `p` of the start point and of the point the run ends on, once known.
+        self.start_p = self.last_p = None
         self.carry, first = self._start()
         self.initial, self.extra, self.ahead = self.carry, None, None
-        # The `p` of the start point, and of the point the run ends on.
-        self.start_p = self.last_p = None if self.feed.iterator else self.feed.batch(
-            int(self.carry.counts[STEPS])
-        )
-        answer = "the best iterate so far" if self.tracked else (
+        self.best_u, self.best_loss = None, np.inf  # a stepwise run's best, on the host
+        answer = "the best iterate so far" if self.tracked or self.stepwise else (
             "the last iterate (the best one, if the last is not finite)"
         )
         stop = Stop()
@@ -362,13 +379,14 @@ class DeviceRun:
                 if self._status(self.carry) == RUNNING:
                     (self._stepwise if self.stepwise else self._fused)(first)
         finally:
-            self.progress.close(*self._shown())
+            if self.progress.bar is not None:
+                self.progress.close(*self._shown())
         return self._solution(stop)
 
     def _status(self, carry: Carry) -> int:
         """The status of `carry`, once computed; an exception the objective's host code
         raised meanwhile is raised here."""
-        status = int(carry.counts[STATUS])
+        status = int(np.asarray(carry.counts)[STATUS])
         raise_host_error()
         return status
 
@@ -410,7 +428,7 @@ class DeviceRun:
         stops there, that iteration (`self.ahead`) is discarded, and its evaluations counted."""
         total, done = self.options.maxiters, int(self.carry.counts[ITERATIONS])
         if first is not None and done:  # the method's start was an iteration
-            self._show(done, self.carry, self.carry, first, self.last_p)
+            self._show(done, self.carry, self.carry, first, self.start_p)
         batches = self.feed.batches(
             int(self.carry.counts[STEPS]), None if total is None else total - done
         )
@@ -420,22 +438,29 @@ class DeviceRun:
             self.start_p = batch
         pending = None if batch is _END else step(self.carry, batch)
         while pending is not None:
-            after, ev = pending
+            after, ev, news = pending
             next_batch = next(batches, _END)
             pending = self.ahead = None if next_batch is _END else step(after, next_batch)
             before, self.carry, self.last_p, self.extra = self.carry, after, batch, ev.extra
-            status = self._status(after)
+            objective, added, status = np.asarray(news).tolist()
+            raise_host_error()
             if status == NONFINITE:
                 return
-            self._show(int(after.counts[ITERATIONS]), before, after, ev, batch)
+            if self.sign * objective < self.best_loss and not self.method.search:
+                self.best_u, self.best_loss = ev.u, self.sign * objective
+            done += int(added)
+            self._show(done, before, after, ev, batch, objective)
             if status != RUNNING:
                 return
             self.clock.check()
             batch = next_batch
 
-    def _show(self, done: int, before: Carry, after: Carry, ev: Evaluation, p: Any) -> None:
-        """The bar and the callback, after iteration `done`."""
-        objective = float(ev.loss)
+    def _show(
+        self, done: int, before: Carry, after: Carry, ev: Evaluation, p: Any,
+        objective: float | None = None,
+    ) -> None:
+        """The bar and the callback, after iteration `done` (with `ev.loss`, `objective`)."""
+        objective = float(ev.loss) if objective is None else objective
         self.progress.show(done, objective)
         if self.options.callback is not None:
             state = OptimizationState(
@@ -453,11 +478,13 @@ class DeviceRun:
         once more; a run that kept no best point (a method's own loop cannot) is run again
         from its start, one tracked iteration at a time, up to where it stopped. The counts
         stay the run's, plus these evaluations."""
-        initial, ran = self.initial, self.carry.counts
+        initial, ran = self.initial, np.asarray(self.carry.counts)
+        if self.start_p is None:
+            self.start_p = self._p(int(initial.counts[STEPS]), needed=True)
         start = self.program.final(initial, self.start_p, self.consts)
-        spent = start.counts - initial.counts
-        at, best_u, best = int(ran[ITERATIONS]), self.carry.best_u, self.carry.losses[BEST]
-        if best_u is None:
+        spent = np.asarray(start.counts) - np.asarray(initial.counts)
+        (best_u, best), at = self._best(), int(ran[ITERATIONS])
+        if best_u is None and not self.stepwise:
             program = self._program(Spec(True, None))
             carry = program.resume(initial.state, initial.counts[STEPS])
             n = at - int(initial.counts[ITERATIONS])
@@ -465,28 +492,36 @@ class DeviceRun:
                 carry = program.step(carry, batch, self.consts)[0]
                 if int(carry.counts[STATUS]) != RUNNING:
                     break
-            spent = spent + carry.counts
+            spent = spent + np.asarray(carry.counts)
             at = int(initial.counts[ITERATIONS] + carry.counts[ITERATIONS])
             best_u, best = carry.best_u, carry.losses[BEST]
-        counts = ran.at[FEVALS].add(spent[FEVALS]).at[GEVALS].add(spent[GEVALS])
-        self.carry = self.carry._replace(counts=counts)
+        self.carry = self.carry._replace(counts=_with_calls(ran, spent))
         start_loss, best = float(start.losses[FINAL]), float(best)
         if start_loss < best:
             best_u, best = self.method.point(initial.state), start_loss
         return best_u, best, at, start_loss
 
+    def _best(self) -> tuple[Any, float]:
+        """(the best evaluated point, its signed loss) kept on the device or, in a stepwise
+        run, by the host; (None, inf) when none was kept."""
+        if self.carry.best_u is not None:
+            return self.carry.best_u, float(self.carry.losses[BEST])
+        return self.best_u, self.best_loss
+
     def _solution(self, stop: Stop) -> OptimizationSolution:
         method, options = self.method, self.options
+        counts, losses = jax.device_get((self.carry.counts, self.carry.losses))
         if self.ahead is not None:  # an iteration dispatched ahead: its calls were made
-            spent = self.ahead[1].counts
-            counts = self.carry.counts.at[FEVALS].add(spent[1]).at[GEVALS].add(spent[2])
+            counts = _with_calls(counts, np.asarray(self.ahead[0].counts) - counts)
             self.carry = self.carry._replace(counts=counts)
-        status = int(self.carry.counts[STATUS])
-        if not method.search and status != NONFINITE and not np.isfinite(
-            float(self.carry.losses[FINAL])
-        ):  # the point the run ended on was not evaluated
-            self.carry = self.program.final(self.carry, self.last_p, self.consts)
-        losses = np.asarray(self.carry.losses)
+        status = int(counts[STATUS])
+        if not method.search and status != NONFINITE and not np.isfinite(losses[FINAL]):
+            # the point the run ended on was not evaluated
+            p = self.last_p
+            if p is None:
+                p = self._p(int(counts[STEPS]), needed=True)
+            self.carry = self.program.final(self.carry, p, self.consts)
+            losses = np.asarray(self.carry.losses)
         raise_host_error()
         retcode, message = stop.retcode, stop.message
         if method.search:
@@ -512,15 +547,16 @@ class DeviceRun:
             )
         else:
             u, loss = method.point(self.carry.state), float(losses[FINAL])
-            if (options.save_best or stop.interrupted) and float(losses[BEST]) < loss:
-                u, loss = self.carry.best_u, float(losses[BEST])
+            best_u, best = self._best()
+            if (options.save_best or stop.interrupted) and best < loss:
+                u, loss = best_u, best
         if retcode is None:
             retcode, message = (
                 method.verdict(status, self.carry.state, options) if status >= FIRST_STOP
                 else budget_message(options, self.unit)
             )
         carry = self.carry
-        counts = np.asarray(carry.counts)
+        counts = np.asarray(carry.counts)  # with what `final` and `_rescue` added
         message = "; ".join(m for m in (message, method.note(carry.state)) if m)
         host_fevals, host_gevals = method.host_evaluations()
         return OptimizationSolution(
@@ -536,6 +572,13 @@ class DeviceRun:
             state=self._export(carry),
             message=message,
         )
+
+
+def _with_calls(counts: np.ndarray, spent: np.ndarray) -> np.ndarray:
+    """`counts` (int32[5]) plus the fevals and gevals of `spent`."""
+    counts = counts.copy()
+    counts[FEVALS:STATUS] += spent[FEVALS:STATUS]
+    return counts
 
 
 def _same_kind(given: Any, fresh: Any) -> bool:

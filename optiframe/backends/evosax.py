@@ -420,6 +420,7 @@ class EvoSaxMethod(DeviceMethod):
     """
 
     search = True
+    evaluates_start = True
     stops = {
         ABSTOL: (ReturnCode.Success, (
             "best objective improved by <= abstol={options.abstol} over the last "

@@ -212,7 +212,8 @@ class OptaxSpec:
 
 
 class OptaxMethod(DeviceMethod):
-    """One optax iteration. The state is `(params, opt_state, previous loss)`.
+    """One optax iteration. The state is `(params, opt_state, previous loss)`, the previous
+    loss None without `reltol` (a copy of the loss the loop records costs time every step).
 
     `abstol` stops when the gradient's 2-norm (over all leaves) is at most `abstol`; `reltol`
     when the loss changes by at most `reltol * |previous loss|`. A stop keeps the iterate
@@ -240,7 +241,10 @@ class OptaxMethod(DeviceMethod):
 
     def init(self, u: Any, p: Any, consts: Any) -> tuple[Any, None]:
         params = optax.LookaheadParams.init_synced(u) if self.spec.lookahead else u
-        return (params, self.transform.init(params), jnp.asarray(jnp.inf, loss_dtype())), None
+        return (params, self.transform.init(params), self._no_loss()), None
+
+    def _no_loss(self) -> Any:
+        return jnp.asarray(jnp.inf, loss_dtype()) if self.spec.reltol else None
 
     def _evaluate(self, state: Any, p: Any) -> tuple[Any, Any, Any, Any]:
         """(loss, aux, grad, fresh evaluations) at the state's evaluation point; with
@@ -318,7 +322,7 @@ class OptaxMethod(DeviceMethod):
             status=status,
             at_state=~go & stops & (not spec.lookahead),
         )
-        return (params, opt_state, loss), evaluation
+        return (params, opt_state, loss if spec.reltol else None), evaluation
 
     def final(self, state: Any, p: Any, consts: Any) -> tuple[Any, jax.Array]:
         return self.derivs.value(self.point(state), p).astype(loss_dtype()), counts(0, 1, 0)
@@ -327,7 +331,7 @@ class OptaxMethod(DeviceMethod):
         return OptaxState(state[0], state[1], steps)
 
     def restore(self, public: OptaxState) -> tuple[Any, Any, None]:
-        state = (public.params, public.opt_state, jnp.asarray(jnp.inf, loss_dtype()))
+        state = (public.params, public.opt_state, self._no_loss())
         return state, public.steps, None
 
     def original(self, before: Any, after: Any, evaluation: Evaluation) -> Any:
