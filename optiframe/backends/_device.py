@@ -316,10 +316,14 @@ class DeviceRun:
         self.stepwise = options.callback is not None or self.feed.iterator or (
             method.run is not None and options.save_best
         )
-        # The best point: kept on the device for a search (it is the answer) and for
-        # `save_best` in a fused loop (it costs time every step), by the host in a stepwise
-        # run; a fused run that ends non-finite is replayed to find it (`_rescue`).
-        self.tracked = method.search or (options.save_best and not self.stepwise)
+        # The best point: kept on the device for a search (it is the answer), and in a
+        # fused loop for `save_best` or when run in chunks a user may interrupt (it costs
+        # time every step); by the host in a stepwise run. A fused run that ends non-finite
+        # is replayed to find it (`_rescue`).
+        chunked = options.maxtime is not None or options.progress is not None
+        self.tracked = method.search or (
+            not self.stepwise and (options.save_best or chunked)
+        )
         self.program = self._program(Spec(self.tracked, None if self.stepwise else self.feed.shape))
         self.u = to_device(problem.u0)
 
@@ -370,18 +374,24 @@ class DeviceRun:
         self.carry, first = self._start()
         self.initial, self.extra, self.ahead = self.carry, None, None
         self.best_u, self.best_loss = None, np.inf  # a stepwise run's best, on the host
-        answer = "the best iterate so far" if self.tracked or self.stepwise else (
-            "the last iterate (the best one, if the last is not finite)"
-        )
         stop = Stop()
         try:
-            with stopped(stop, answer):
+            with stopped(stop, self._answer):
                 if self._status(self.carry) == RUNNING:
                     (self._stepwise if self.stepwise else self._fused)(first)
         finally:
             if self.progress.bar is not None:
                 self.progress.close(*self._shown())
         return self._solution(stop)
+
+    def _answer(self) -> str:
+        """What an interrupted run returns: the best iterate, unless a fused run kept none
+        and ended (the signal came after it) on a finite iterate."""
+        if self.tracked or self.stepwise or (
+            int(np.asarray(self.carry.counts)[STATUS]) == NONFINITE  # see `_rescue`
+        ):
+            return "the best iterate so far"
+        return "the last iterate"
 
     def _status(self, carry: Carry) -> int:
         """The status of `carry`, once computed; an exception the objective's host code

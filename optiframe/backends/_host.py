@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -51,14 +52,17 @@ def flat_bounds(problem: OptimizationProblem) -> tuple[np.ndarray, np.ndarray] |
 def _flat_functions(problem: OptimizationProblem, x64: bool) -> dict[str, Callable[..., Any]]:
     """The problem's derivatives on flat vectors `x` (n,), jitted, in float64 under JAX's
     x64 mode (or in `u0`'s dtypes): built once per user function, sense and shapes."""
-    with float64(x64):
-        template = to_device(problem.u0)
-        if x64:
-            template = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float64), template)
-        _, unravel = ravel(template)
-    leaves, treedef = jax.tree.flatten(template)
-    key = (problem.sense, treedef, tuple(x.shape for x in leaves), x64)
-    build = lambda: _build(derivatives(problem.f, problem.sense), unravel, problem.f.ad)  # noqa: E731
+    leaves, treedef = jax.tree.flatten(problem.u0)
+    key = (problem.sense, treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves), x64)
+
+    def build() -> dict[str, Callable[..., Any]]:
+        with float64(x64):
+            template = to_device(problem.u0)
+            if x64:
+                template = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float64), template)
+            _, unravel = ravel(template)
+        return _build(derivatives(problem.f, problem.sense), unravel, problem.f.ad)
+
     return cached(problem.f, "host", key, build)
 
 
@@ -95,6 +99,14 @@ def _build(d: Derivatives, unravel: Callable[..., Any], ad: str | None) -> dict[
     return {name: jax.jit(fn) for name, fn in fns.items()}
 
 
+def _float64(out: jax.Array) -> np.ndarray:
+    return np.asarray(out, np.float64)
+
+
+def _loss_and_grad(out: tuple[jax.Array, jax.Array]) -> tuple[float, np.ndarray]:
+    return float(out[0]), np.asarray(out[1], np.float64)
+
+
 class BestPoint:
     """The best point evaluated: a feasible one (violation at most `tol`) before an
     infeasible one, then the lowest signed loss; among infeasible ones, the least violation.
@@ -113,10 +125,13 @@ class BestPoint:
         return (0, loss) if violation <= self.tol else (1, violation)
 
     def offer(self, x: np.ndarray, loss: float, violation: float = 0.0) -> None:
-        if np.isfinite(loss) and (
-            self.x is None or self._key(loss, violation) < self._key(self.loss, self.violation)
-        ):
-            self.x, self.loss, self.violation = np.array(x, np.float64), float(loss), violation
+        """Keep `x` (not copied) if it is the best so far."""
+        if violation <= self.tol >= self.violation:  # both feasible: the lower loss
+            better = loss < self.loss
+        else:
+            better = self._key(loss, violation) < self._key(self.loss, self.violation)
+        if better and math.isfinite(loss):
+            self.x, self.loss, self.violation = x, float(loss), violation
 
 
 class HostObjective:
@@ -146,88 +161,92 @@ class HostObjective:
         self.stop_at_nonfinite = stop_at_nonfinite
         self.derivs = derivatives(problem.f, problem.sense)
         self.finite = problem.f.ad == "finite"
-        self.x64 = True
+        self.x64, self.scoped = True, not jax.config.jax_enable_x64
         self.fns = _flat_functions(problem, self.x64)
         self.unravel = host_unraveler(problem.u0)
         self.x0 = np.concatenate([np.ravel(np.asarray(x, np.float64))
                                   for x in jax.tree.leaves(problem.u0)])
-        self.dtype = jnp.result_type(*jax.tree.leaves(to_device(problem.u0)))  # JAX's own
         self.n = self.x0.size
         self.sign = self.derivs.sign
+        self.grad_cost = self.derivs.fevals_per("value_and_grad", self.n)  # calls of fun
+        self.constrained = problem.has_constraints
         self.fevals = self.gevals = self.hevals = self.nonfinite = 0
         self.recent: collections.deque = collections.deque(maxlen=4)  # (x, loss, grad)
         self.memo: dict[str, tuple[bytes, np.ndarray]] = {}
 
     def settle(self) -> None:
-        """The run is over: evaluations from here on are bookkeeping (no clock, no stop)."""
+        """The run is over: the books are kept up to date, evaluations from here on are
+        bookkeeping (no clock, no stop)."""
         self.clock.maxtime, self.stop_at_nonfinite = None, False
 
-    def _call(self, name: str, *args: Any) -> Any:
-        """The jitted `name` on float64 arguments, under JAX's x64 mode; an objective that
-        cannot be traced in float64 runs in JAX's default precision (with a warning)."""
+    def _call(self, name: str, *args: Any, read: Callable[[Any], Any] = _float64) -> Any:
+        """`read` of the jitted `name` at `args` (NumPy), evaluated under JAX's x64 mode; an
+        objective that cannot be traced in float64 runs in JAX's default precision (with a
+        warning)."""
         try:
-            with float64(self.x64):
-                dtype = np.float64 if self.x64 else self.dtype
-                out = self.fns[name](*(np.asarray(a, dtype) for a in args), self.p)
+            if self.scoped:  # JAX converts the float64 arguments without it
+                with float64():
+                    out = read(self.fns[name](*args, self.p))
+            else:  # JAX_ENABLE_X64 is on, or the objective fell back (a `with` costs 1%)
+                out = read(self.fns[name](*args, self.p))
         except (TypeError, ValueError) as err:
             if not self.x64:
                 raise
             unsupported(err)
-            self.x64, self.p = False, self.problem.p
+            self.x64, self.p, self.scoped = False, self.problem.p, False
             self.fns = _flat_functions(self.problem, self.x64)
-            return self._call(name, *args)
+            return self._call(name, *args, read=read)
         raise_host_error()
         return out
 
-    def _seen(self, x: np.ndarray, loss: float, grad: np.ndarray | None) -> float:
-        """Record an evaluation; return the loss the library is told."""
-        finite = np.isfinite(loss) and (grad is None or bool(np.all(np.isfinite(grad))))
-        self.recent.append((np.array(x, np.float64), loss, grad))
-        if finite:
-            violation = self.violation(x) if self.problem.has_constraints else 0.0
-            self.best.offer(x, loss, violation)
-        else:
-            self.nonfinite += 1
-            if self.stop_at_nonfinite:
-                raise Halt(ReturnCode.Failure, (
-                    f"the objective {'or its gradient ' if grad is not None else ''}was "
-                    f"{self.sign * loss} at an evaluated point; returning the best finite point"
-                ))
-        self.clock.check()
-        return loss if finite or self.stop_at_nonfinite else BAD_VALUE
+    def _host(self, fun: Callable[..., Any], x: np.ndarray) -> Any:
+        """`fun(fun, sign, x, p, unravel)`: finite differences on the host."""
+        return fun(self.problem.f.fun, self.sign, x, self.p, self.unravel)
+
+    def _seen(self, x: np.ndarray, loss: float, grad: np.ndarray | None = None) -> float:
+        """Record an evaluation at `x`; return the loss the library is told."""
+        x = np.array(x, np.float64)  # the library may reuse its array
+        self.recent.append((x, loss, grad))
+        self.best.offer(x, loss, self.violation(x) if self.constrained else 0.0)
+        if self.clock.maxtime is not None:
+            self.clock.check()
+        if math.isfinite(loss):
+            return loss
+        self.nonfinite += 1
+        if self.stop_at_nonfinite:
+            raise Halt(ReturnCode.Failure, (
+                f"the objective was {self.sign * loss} at an evaluated point; returning the "
+                "best finite point"
+            ))
+        return BAD_VALUE
 
     def value(self, x: np.ndarray) -> float:
         """The signed loss at `x`."""
-        if self.finite:
-            loss = finite_value(self.problem.f.fun, self.sign, x, self.p, self.unravel)
-        else:
-            loss = float(self._call("value", x))
         self.fevals += 1
-        return self._seen(x, loss, None)
+        loss = self._host(finite_value, x) if self.finite else self._call("value", x)
+        return self._seen(x, float(loss))
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """(signed loss, its gradient (n,)) from one fused call (or 1 + 2n calls of `fun`
         with finite differences)."""
-        if self.finite:
-            fun = self.problem.f.fun
-            loss = finite_value(fun, self.sign, x, self.p, self.unravel)
-            grad = finite_grad(fun, self.sign, x, self.p, self.unravel)
-        else:
-            loss, grad = self._call("value_and_grad", x)
-            loss, grad = float(loss), np.asarray(grad, np.float64)
-        self.fevals += self.derivs.fevals_per("value_and_grad", self.n)
+        self.fevals += self.grad_cost
         self.gevals += 1
-        return self._seen(x, loss, grad), grad
+        if self.finite:
+            loss, grad = self._host(finite_value, x), self._host(finite_grad, x)
+        else:
+            loss, grad = self._call("value_and_grad", x, read=_loss_and_grad)
+        return self._seen(x, float(loss), grad), grad
 
     def residuals(self, x: np.ndarray) -> np.ndarray:
         """The residuals r (m,) at `x` (a least-squares problem: the loss is ½‖r‖²)."""
-        if self.finite:
-            r = np.ravel(np.asarray(self.problem.f.fun(self.unravel(x), self.p), np.float64))
-        else:
-            r = np.asarray(self._call("residuals", x), np.float64)
         self.fevals += 1
+        if self.finite:
+            r = np.asarray(self.problem.f.fun(self.unravel(x), self.p), np.float64)
+        else:
+            r = self._call("residuals", x)
+        r = np.ravel(r)
         self.m = r.size
-        self._seen(x, 0.5 * float(r @ r), None)
+        self._seen(x, 0.5 * float(r @ r))
         return r
 
     def residuals_jac(self, x: np.ndarray) -> np.ndarray:
@@ -236,24 +255,24 @@ class HostObjective:
         self.fevals += 1
         self.gevals += 1
         mode = "residuals_jacrev" if self.m < self.n else "residuals_jacfwd"
-        return np.asarray(self._call(mode, x), np.float64)
+        return self._call(mode, x)
 
     def hess(self, x: np.ndarray) -> np.ndarray:
         self.fevals += self.derivs.fevals_per("hess", self.n)
         self.hevals += 1
-        return np.asarray(self._call("hess", x), np.float64)
+        return self._call("hess", x)
 
     def hvp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         self.fevals += self.derivs.fevals_per("hvp", self.n)
         self.hevals += 1
-        return np.asarray(self._call("hvp", x, v), np.float64)
+        return self._call("hvp", x, np.asarray(v, np.float64))
 
     def _memo(self, name: str, x: np.ndarray) -> np.ndarray:
         """`name`'s value at `x`, computed once for consecutive calls at the same `x` (SciPy
         asks for equalities and inequalities apart)."""
         key = np.asarray(x, np.float64).tobytes()
         if self.memo.get(name, (None,))[0] != key:
-            self.memo[name] = (key, np.asarray(self._call(name, x), np.float64))
+            self.memo[name] = (key, self._call(name, x))
         return self.memo[name][1]
 
     def cons(self, x: np.ndarray) -> np.ndarray:
@@ -263,7 +282,7 @@ class HostObjective:
         return self._memo("cons_jac", x)
 
     def cons_hess(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.asarray(self._call("cons_hess", x, v), np.float64)
+        return self._call("cons_hess", x, np.asarray(v, np.float64))
 
     def violation(self, x: np.ndarray) -> float:
         """The largest violation of the bounds and constraints at `x`, each relative to
@@ -355,11 +374,17 @@ class HostRun:
         self.progress = Progress(self.options.progress, self.options.maxiters)
         self.last_x, result, stop = None, None, Stop()
         try:
-            with stopped(stop, "the best point evaluated so far"):
+            with stopped(stop, lambda: "the best point evaluated so far"):
                 result = self.minimize()
         finally:
             self.progress.close(self.done, self.sign * self.best.loss)
         return self.solution(result, stop)
+
+    @property
+    def watched(self) -> bool:
+        """A callback or a progress bar follows the iterations (else a library's own
+        iteration callback, which costs time, may be left out)."""
+        return self.options.callback is not None or self.options.progress is not None
 
     @property
     def done(self) -> int:

@@ -42,15 +42,15 @@ class Stop:
 
 
 @contextlib.contextmanager
-def stopped(stop: Stop, answer: str) -> Iterator[None]:
+def stopped(stop: Stop, answer: Callable[[], str]) -> Iterator[None]:
     """Record a `Halt` or a Ctrl-C raised inside the block in `stop`, warning that the run
-    returns `answer` (e.g. "the best iterate so far")."""
+    returns `answer()` (e.g. "the best iterate so far")."""
     try:
         yield
     except Halt as halt:
         stop.retcode, stop.message = halt.retcode, halt.message
     except KeyboardInterrupt:
-        warnings.warn(f"solve() interrupted: returning {answer} (Terminated).", stacklevel=5)
+        warnings.warn(f"solve() interrupted: returning {answer()} (Terminated).", stacklevel=5)
         stop.retcode, stop.message = ReturnCode.Terminated, "interrupted by KeyboardInterrupt"
         stop.interrupted = True
 

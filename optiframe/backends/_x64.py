@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -39,16 +38,13 @@ def _canonicalize_by_precision() -> None:
     dtypes.register_canonicalize_value_handler(np.ndarray, handler)
 
 
-@contextlib.contextmanager
-def float64(enabled: bool = True) -> Iterator[None]:
-    """Trace and run JAX code in the block with 64-bit types enabled (or, with
-    `enabled=False`, in JAX's default precision)."""
-    if not enabled:
-        yield
-        return
+def float64(enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """A context that traces and runs JAX code with 64-bit types enabled (or, with
+    `enabled=False` or JAX_ENABLE_X64 on, changes nothing)."""
+    if not enabled or jax.config.jax_enable_x64:
+        return contextlib.nullcontext()
     _canonicalize_by_precision()
-    with jax.enable_x64(True):
-        yield
+    return jax.enable_x64(True)
 
 
 def unsupported(err: Exception) -> None:

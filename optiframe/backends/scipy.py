@@ -9,6 +9,7 @@ in float64 whatever JAX's default precision (`_host.HostObjective`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -67,7 +68,7 @@ class MethodSpec:
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     budget: str = "iterations"
 
-    @property
+    @functools.cached_property
     def options(self) -> frozenset[str]:
         """The option names the method takes (the trust-region methods pass
         `**trust_region_options` on to SciPy's common trust-region loop)."""
@@ -270,7 +271,9 @@ class _MinimizeRun(HostRun):
             kwargs["bounds"] = scipy.optimize.Bounds(*bounds)
         if problem.has_constraints:
             kwargs["constraints"] = self._constraints()
-        if spec.name == "TNC":
+        if not self.watched and spec.name != "COBYLA":  # SciPy counts the iterations (nit)
+            callback = None
+        elif spec.name == "TNC":
             callback = lambda xk: self.iteration(xk)  # noqa: E731
         else:
 
