@@ -19,7 +19,10 @@ import numpy as np
 
 from .errors import ObjectiveError, UnsupportedFeatureError
 from .flat import host_unraveler, ravel
-from .problem import ObjSense, OptimizationFunction
+
+# `f` below is an `OptimizationFunction`, `sense` an `ObjSense`: problem.py imports this
+# module (the function answers with its derivatives), so they are not imported here.
+Function = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +68,19 @@ class Derivatives:
         return 1 if source == "jax" or what == "value_and_grad" else 0
 
 
-def derivatives(f: OptimizationFunction, sense: ObjSense) -> Derivatives:
+def derivatives(f: Function, sense: Any) -> Derivatives:
     """The derivatives of `f` for `sense`, built once per function and cached in the dict
     shared by every `OptimizationFunction` of the same callables (`f._cache`).
 
     They reach the user's callables through weak references (so that the cache dies with
     `fun`): use them while `f` is alive."""
-    key = ("derivatives", sense)
+    return _signed(f, sense.sign)
+
+
+def _signed(f: Function, sign: float) -> Derivatives:
+    key = ("derivatives", sign)
     if key not in f._cache:
-        f._cache[key] = _build(f, sense.sign)
+        f._cache[key] = _build(f, sign)
     return f._cache[key]
 
 
@@ -81,7 +88,7 @@ def _scaled(sign: float, tree: Any) -> Any:
     return tree if sign == 1.0 else jax.tree.map(lambda x: sign * x, tree)
 
 
-def _build(f: OptimizationFunction, sign: float) -> Derivatives:
+def _build(f: Function, sign: float) -> Derivatives:
     # The closures hold `f._calls` (weak references where the cache is shared), never `f`:
     # the result is cached for `fun` and must not keep it alive.
     c, ad, has_aux = f._calls, f.ad, f.has_aux
@@ -272,7 +279,7 @@ def _finite(
     return value, dict(value_and_grad=value_and_grad, hess=hess, hvp=hvp)
 
 
-def answer(f: OptimizationFunction, name: str) -> Callable[..., Any]:
+def answer(f: Function, name: str) -> Callable[..., Any]:
     """The jitted derivative of `fun` itself (not negated) that `f.<name>` calls: `name` is
     "grad", "value_and_grad", "hess", "hvp", "cons_jac" or "cons_hess". Built once per
     function and cached in `f._cache`, so every wrapper of `fun` reuses it.
@@ -294,9 +301,9 @@ _MISSING = {  # name -> (what is missing, what to pass)
 }
 
 
-def _answer(f: OptimizationFunction, name: str) -> Callable[..., Any]:
+def _answer(f: Function, name: str) -> Callable[..., Any]:
     """The unjitted `answer(f, name)`."""
-    d, c = derivatives(f, ObjSense.MinSense), f._calls
+    d, c = _signed(f, 1.0), f._calls
     if name.startswith("cons") and c.cons is None:
         raise UnsupportedFeatureError(
             f"`f.{name}(u, p)`: the OptimizationFunction has no constraints; pass "
@@ -360,7 +367,7 @@ def _signature(tree: Any) -> tuple[Any, ...]:
     )
 
 
-def check_objective(f: OptimizationFunction, u: Any, p: Any, residuals: bool = False) -> None:
+def check_objective(f: Function, u: Any, p: Any, residuals: bool = False) -> None:
     """Trace `f.fun(u, p)` (no evaluation; once per shapes of `u` and `p`) and check it
     returns a scalar, or with `residuals=True` a vector of residuals.
 

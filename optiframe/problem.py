@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from .derivatives import answer
 from .errors import InvalidProblemError
 
 
@@ -280,8 +281,6 @@ class OptimizationFunction:
         return self._answer("cons_hess")(u, p)
 
     def _answer(self, name: str) -> Callable[..., Any]:
-        from .derivatives import answer  # derivatives.py imports this module
-
         return answer(self, name)
 
 
