@@ -8,7 +8,6 @@ best point evaluated; SciPy's own answer stays in `sol.original`.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.optimize
 
+from .._checks import seed as check_seed
 from ..errors import InvalidProblemError
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
@@ -48,7 +48,6 @@ class _GlobalRun(HostRun):
         return self.alg.call(self)
 
 
-@dataclasses.dataclass(frozen=True, init=False)
 class _Global(Algorithm):
     """Shared by the global methods: bounds required, u = best point evaluated.
 
@@ -59,17 +58,19 @@ class _Global(Algorithm):
         messages: (phrase in SciPy's message, ReturnCode), checked in order.
     """
 
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
     function: ClassVar[Callable[..., Any]]
     maxiter: ClassVar[str] = "maxiter"
     budget: ClassVar[str] = "iterations"
     messages: ClassVar[tuple[tuple[str, ReturnCode], ...]] = ()
 
-    def _configure(self, **fields: Any) -> None:
-        """Set the fields of a frozen instance from its constructor and check the options."""
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
-        check_options(self.options, self.known(), f"{type(self).__name__}(...)")
+    def __init__(self, **options: Any) -> None:
+        check_options(options, self.known(), f"{type(self).__name__}(...)")
+        self.options = options
+
+    def __repr__(self) -> str:
+        given = {k: v for k, v in vars(self).items() if k != "options" and v is not None}
+        args = {**given, **self.options}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
 
     @classmethod
     def known(cls) -> frozenset[str]:
@@ -101,7 +102,6 @@ class _Global(Algorithm):
         return settings
 
 
-@dataclasses.dataclass(frozen=True, init=False)
 class DifferentialEvolution(_Global):
     """`scipy.optimize.differential_evolution`. `maxiters` = generations.
 
@@ -110,7 +110,6 @@ class DifferentialEvolution(_Global):
         **options: passed to SciPy (`popsize`, `strategy`, `tol`, `polish`, ...).
     """
 
-    seed: int | None = None
     function = staticmethod(scipy.optimize.differential_evolution)
     budget = "generations"
     messages = (
@@ -119,7 +118,8 @@ class DifferentialEvolution(_Global):
     )
 
     def __init__(self, seed: int | None = None, **options: Any) -> None:
-        self._configure(seed=seed, options=options)
+        super().__init__(**options)
+        self.seed = check_seed(type(self).__name__, seed, optional=True)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         def callback(intermediate_result):
@@ -131,7 +131,6 @@ class DifferentialEvolution(_Global):
         )
 
 
-@dataclasses.dataclass(frozen=True, init=False)
 class DualAnnealing(_Global):
     """`scipy.optimize.dual_annealing`; its local searches use JAX gradients.
     `maxiters` = annealing iterations.
@@ -141,7 +140,6 @@ class DualAnnealing(_Global):
         **options: passed to SciPy.
     """
 
-    seed: int | None = None
     function = staticmethod(scipy.optimize.dual_annealing)
     messages = (
         ("maximum number of iteration", ReturnCode.MaxIters),
@@ -149,7 +147,8 @@ class DualAnnealing(_Global):
     )
 
     def __init__(self, seed: int | None = None, **options: Any) -> None:
-        self._configure(seed=seed, options=options)
+        super().__init__(**options)
+        self.seed = check_seed(type(self).__name__, seed, optional=True)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         obj = run.objective
@@ -164,7 +163,6 @@ class DualAnnealing(_Global):
         )
 
 
-@dataclasses.dataclass(frozen=True, init=False)
 class SHGO(_Global):
     """`scipy.optimize.shgo`, simplicial homology global optimisation; its local searches
     use JAX gradients. `maxiters` = SHGO's `options["maxiter"]`.
@@ -174,9 +172,6 @@ class SHGO(_Global):
     """
 
     function = staticmethod(scipy.optimize.shgo)
-
-    def __init__(self, **options: Any) -> None:
-        self._configure(options=options)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         obj = run.objective
@@ -191,7 +186,6 @@ class SHGO(_Global):
         )
 
 
-@dataclasses.dataclass(frozen=True, init=False)
 class Direct(_Global):
     """`scipy.optimize.direct`, deterministic DIviding RECTangles. `maxiters` = its
     iterations.
@@ -206,9 +200,6 @@ class Direct(_Global):
         ("larger than maxiter", ReturnCode.MaxIters),
     )
 
-    def __init__(self, **options: Any) -> None:
-        self._configure(options=options)
-
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         return scipy.optimize.direct(
             run.objective.value, scipy.optimize.Bounds(*flat_bounds(run.problem)),
@@ -216,7 +207,6 @@ class Direct(_Global):
         )
 
 
-@dataclasses.dataclass(frozen=True, init=False)
 class BasinHopping(_Global):
     """`scipy.optimize.basinhopping`: random hops, each followed by a JAX-gradient L-BFGS-B
     local search (bounded when the problem has bounds, and hops clipped into the box).
@@ -227,13 +217,13 @@ class BasinHopping(_Global):
         **options: passed to SciPy (`T`, `stepsize`, `niter_success`, ...).
     """
 
-    seed: int | None = None
     function = staticmethod(scipy.optimize.basinhopping)
     maxiter, budget = "niter", "hops"
     messages = (("requested number of basinhopping iterations", ReturnCode.MaxIters),)
 
     def __init__(self, seed: int | None = None, **options: Any) -> None:
-        self._configure(seed=seed, options=options)
+        super().__init__(**options)
+        self.seed = check_seed(type(self).__name__, seed, optional=True)
 
     @property
     def capabilities(self) -> Capabilities:
