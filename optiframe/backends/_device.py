@@ -1,25 +1,14 @@
 """The run of an on-device method: the library owns the loop, a method gives its steps.
 
 A `DeviceMethod` (the optax, evosax and gradient-flow adapters) describes its iteration as
-pure functions of JAX values, the way an optimistix solver does:
-
-- `init(u, p, consts) -> (state, Evaluation | None)`: the state at `u0`, and what was
-  evaluated there, if anything (a population-based search evaluates its first generation);
-- `step(state, p, consts) -> (state, Evaluation)`: one iteration, and what it evaluated;
-- `point(state) -> u` and `final(state, p, consts) -> (loss, counts)`: where a run ends,
-  and the signed loss there;
-- optionally `run(state, p, consts, n) -> (state, Evaluation, extra)`: up to `n`
-  iterations in the method's own loop (diffrax integrates in its own), and an evaluation
-  of the point it ends on;
-- `stops`: what the status codes of its own stopping tests mean.
-
-`DeviceRun` runs them. Without a callback the whole run is one jitted `lax.while_loop`
-(`Program.run`); with `maxtime` or a progress bar, a few calls of it, the clock and the bar
-read between them. With a callback, or a data iterator other than a `DataLoader`, it calls
-one jitted iteration at a time (`Program.step`) and dispatches the next before the host
-reads the current one. Either way the loop counts, tracks the best evaluated iterate, stops
-at a non-finite objective, honours Ctrl-C and continues warm starts, and each program is
-compiled once per user function (`_lifecycle.cached`).
+pure functions of JAX values, the way an optimistix solver does: `init`, `step`, `point`,
+`final`, and optionally its own loop (`run`: diffrax integrates in its own). `DeviceRun`
+runs it: without a callback as one jitted `lax.while_loop` (in chunks with `maxtime` or a
+progress bar, the clock and the bar read between them); with a callback or a data iterator
+other than a `DataLoader`, one jitted iteration at a time, the next dispatched before the
+host reads the current one. Either way it counts, keeps the best evaluated iterate, stops
+at a non-finite objective, honours Ctrl-C, continues warm starts, and compiles each
+program once per user function (`_lifecycle.cached`).
 """
 
 from __future__ import annotations

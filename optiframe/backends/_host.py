@@ -175,8 +175,7 @@ class HostObjective:
         self.memo: dict[str, tuple[bytes, np.ndarray]] = {}
 
     def settle(self) -> None:
-        """The run is over: the books are kept up to date, evaluations from here on are
-        bookkeeping (no clock, no stop)."""
+        """The run is over: evaluations from here on are bookkeeping (no clock, no stop)."""
         self.clock.maxtime, self.stop_at_nonfinite = None, False
 
     def _call(self, name: str, *args: Any, read: Callable[[Any], Any] = _float64) -> Any:
