@@ -3,14 +3,14 @@ default precision), one call at a time on the host, or in parallel through a
 `concurrent.futures.Executor`.
 
 Every evaluator's `start(X)` takes flat float64 candidates (rows of `X`), starts their
-evaluation and returns a `Pending`: calling it waits and gives a `Batch` of the signed
-losses Nevergrad is told (`sign * fun`), the values of `fun` itself and, for a constrained
-problem, how far each constraint is violated. On JAX (asynchronous dispatch) and through an
-executor the evaluation runs while the caller asks Nevergrad for more candidates.
+evaluation and returns a `Pending` whose `result()` waits for their `Batch`. On JAX
+(asynchronous dispatch) and through an executor the evaluation runs while the caller asks
+Nevergrad for more candidates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -44,7 +44,20 @@ class Batch(NamedTuple):
     aux: Any
 
 
-Pending = Callable[[], Batch]  # waits for a started evaluation and returns its Batch
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A started evaluation: `result()` waits for its `Batch`; `futures` are the executor's
+    (none on JAX or the host)."""
+
+    result: Callable[[], Batch]
+    futures: tuple[Any, ...] = ()
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.futures)
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()
 
 
 def join(batches: Sequence[Batch]) -> Batch:
@@ -67,20 +80,23 @@ def join(batches: Sequence[Batch]) -> Batch:
     )
 
 
-def violations(values: np.ndarray, lcons: np.ndarray, ucons: np.ndarray) -> np.ndarray:
-    """(b, m) amounts by which constraint values (b, m) leave `[lcons, ucons]`."""
-    with np.errstate(invalid="ignore"):
-        v = np.maximum(np.maximum(lcons - values, values - ucons), 0.0)
-    return np.where(np.isnan(v), np.inf, v)
-
-
 def aux_at(aux: Any, i: int) -> Any:
     """The auxiliary output of candidate `i` of a batch."""
     if aux is None:
         return None
-    if isinstance(aux, list):
-        return aux[i]
-    return jax.tree.map(lambda a: a[i], aux)
+    return aux[i] if isinstance(aux, list) else jax.tree.map(lambda a: a[i], aux)
+
+
+def _violations(values: np.ndarray, problem: OptimizationProblem) -> np.ndarray:
+    """(b, m) amounts by which constraint values (b, m) leave `[lcons, ucons]`."""
+    if values.shape[1] != problem.lcons.size:
+        raise ObjectiveError(
+            f"`OptimizationFunction(cons=...)` returns {values.shape[1]} values but the "
+            f"problem bounds {problem.lcons.size} (lcons/ucons); make them agree."
+        )
+    with np.errstate(invalid="ignore"):
+        v = np.maximum(np.maximum(problem.lcons - values, values - problem.ucons), 0.0)
+    return np.where(np.isnan(v), np.inf, v)
 
 
 # --------------------------------------------------------------------------- JAX
@@ -99,18 +115,16 @@ def _unravel(u0: Any, x64: bool) -> Any:
 class JaxProgram:
     """`fun` (and `cons`) over `size` flat candidates: one jitted call in float64 under
     JAX's x64 mode (or, with `x64=False`, in `u0`'s dtypes), `jax.vmap`-ed over all of them
-    or, with `chunk`, over `chunk` at a time in a loop. Built once per (user function,
-    sense, shapes of u0, size, chunk, precision), so later solves never trace again."""
+    or, with `chunk`, over `chunk` at a time in a loop."""
 
     def __init__(
         self, problem: OptimizationProblem, size: int, chunk: int | None, x64: bool
     ) -> None:
         derivs = derivatives(problem.f, problem.sense)
         unravel = _unravel(problem.u0, x64)
-        with_cons = problem.has_constraints
+        cons = derivs.cons if problem.has_constraints else None
         self.size, self.x64 = size, x64
         self.dtype = np.float64 if x64 else jnp.result_type(*jax.tree.leaves(to_device(problem.u0)))
-        cons = derivs.cons if with_cons else None
 
         def one(x, p):
             u = unravel(x)
@@ -119,12 +133,10 @@ class JaxProgram:
             return loss, aux, c
 
         if size == 1:  # no vmap: a batched while loop (an adaptive ODE solve) costs more
-            self.evaluate = jax.jit(
-                lambda X, p: jax.tree.map(lambda a: a[None], one(X[0], p))
-            )
+            self.evaluate = jax.jit(lambda X, p: jax.tree.map(lambda a: a[None], one(X[0], p)))
         elif chunk is None or chunk >= size:
             self.evaluate = jax.jit(jax.vmap(one, in_axes=(0, None)))
-        else:  # vmap over `chunk` candidates at a time, the chunks in a loop, one call
+        else:
             self.evaluate = jax.jit(
                 lambda X, p: jax.lax.map(lambda x: one(x, p), X, batch_size=chunk)
             )
@@ -139,13 +151,14 @@ class JaxProgram:
 
 
 def jax_program(problem: OptimizationProblem, size: int, chunk: int | None, x64: bool):
+    """The `JaxProgram`, built once per (user function, sense, shapes of u0, size, chunk,
+    precision), so later solves never trace again."""
     leaves, treedef = jax.tree.flatten(problem.u0)
     key = (
         problem.sense, treedef, tuple(np.shape(x) for x in leaves), size,
         problem.has_constraints, chunk, x64,
     )
-    build = lambda: JaxProgram(problem, size, chunk, x64)  # noqa: E731
-    return cached(problem.f, "nevergrad", key, build)
+    return cached(problem.f, "nevergrad", key, lambda: JaxProgram(problem, size, chunk, x64))
 
 
 class JaxEvaluator:
@@ -156,10 +169,8 @@ class JaxEvaluator:
         self.problem, self.sign, self.size, self.chunk = problem, problem.sense.sign, size, chunk
         self.program = jax_program(problem, size, chunk, x64=True)
         self.p = as_float64(problem.p)
-        self._checked = not problem.has_constraints
 
     def start(self, X: np.ndarray) -> Pending:
-        b = X.shape[0]
         try:
             out = self.program(X, self.p)
         except (TypeError, ValueError) as err:  # not traceable in float64
@@ -169,58 +180,39 @@ class JaxEvaluator:
             self.program = jax_program(self.problem, self.size, self.chunk, x64=False)
             self.p = self.problem.p
             out = self.program(X, self.p)
-        return lambda: self._batch(b, *out)
+        return Pending(lambda: self._batch(X.shape[0], *out))
 
     def _batch(self, b: int, loss: Any, aux: Any, cons: Any) -> Batch:
         loss, cons = jax.device_get((loss, cons))
         losses = np.asarray(loss, float)[:b]
-        viol = None
-        if cons is not None:
-            cons = np.asarray(cons, float)[:b]
-            if not self._checked:
-                _check_cons_shape(cons.shape[1], self.problem)
-                self._checked = True
-            viol = violations(cons, self.problem.lcons, self.problem.ucons)
+        viol = None if cons is None else _violations(np.asarray(cons, float)[:b], self.problem)
         if aux is not None and b < self.program.size:
             aux = jax.tree.map(lambda a: a[:b], aux)
         return Batch(losses, self.sign * losses, viol, aux)
 
 
-def _check_cons_shape(m: int, problem: OptimizationProblem) -> None:
-    if m != problem.lcons.size:
-        raise ObjectiveError(
-            f"`OptimizationFunction(cons=...)` returns {m} values but the problem bounds "
-            f"{problem.lcons.size} (lcons/ucons); make them agree."
-        )
-
-
 # --------------------------------------------------------------------------- host
 
 
-def host_value(fun: Callable[..., Any], has_aux: bool, u: Any, p: Any) -> tuple[float, Any]:
-    """`fun(u, p)` as (float, aux), checked to be a scalar."""
+def _guarded(what: str, call: Callable[..., Any], *args: Any) -> Any:
+    """`call(*args)`; an exception other than optiframe's is an `ObjectiveError` naming
+    `what` was evaluated."""
     try:
-        out = fun(u, p)
+        return call(*args)
     except OptiframeError:
         raise
     except Exception as err:
+        raise ObjectiveError(f"Evaluating {what} failed: {type(err).__name__}: {err}") from err
+
+
+def _scalar(out: Any, has_aux: bool) -> tuple[float, Any]:
+    """`fun`'s output as (float, aux), checked to be a real scalar."""
+    if has_aux and not (isinstance(out, tuple) and len(out) == 2):
         raise ObjectiveError(
-            f"Evaluating the objective fun(u, p) at a candidate failed: "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    return scalar_result(out, has_aux)
-
-
-def scalar_result(out: Any, has_aux: bool) -> tuple[float, Any]:
-    if has_aux:
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise ObjectiveError(
-                "OptimizationFunction(has_aux=True) expects fun(u, p) to return (loss, aux), "
-                f"got {type(out).__name__}."
-            )
-        loss, aux = out
-    else:
-        loss, aux = out, None
+            "OptimizationFunction(has_aux=True) expects fun(u, p) to return (loss, aux), "
+            f"got {type(out).__name__}."
+        )
+    loss, aux = out if has_aux else (out, None)
     if np.ndim(loss) != 0:
         raise ObjectiveError(
             f"The objective must return a scalar, got shape {np.shape(loss)}; reduce it "
@@ -235,8 +227,8 @@ def scalar_result(out: Any, has_aux: bool) -> tuple[float, Any]:
 
 
 class HostConstraints:
-    """`cons` on the host (NumPy in, float64 out), or on JAX in one batched call when the
-    function is JAX (`ad="jax"`)."""
+    """The constraint violations (b, m) of flat candidates (b, n): `cons` on the host (NumPy
+    in, float64 out), or on JAX in one batched call when the function is JAX (`ad="jax"`)."""
 
     def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
         self.problem, self.space = problem, space
@@ -248,79 +240,46 @@ class HostConstraints:
             self.jax = jax.jit(jax.vmap(one, in_axes=(0, None)))
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        p = self.p
         if self.jax is not None:
             with float64():
-                values = np.asarray(self.jax(np.asarray(X, np.float64), p), float)
+                values = np.asarray(self.jax(np.asarray(X, np.float64), self.p), float)
         else:
-            rows = []
-            for x in X:
-                try:
-                    c = self.problem.f.cons(self.space.tree(x), p)
-                except Exception as err:
-                    raise ObjectiveError(
-                        f"Evaluating the constraints cons(u, p) at a candidate failed: "
-                        f"{type(err).__name__}: {err}"
-                    ) from err
-                rows.append(np.atleast_1d(np.asarray(c, float)))
-            values = np.stack(rows)
-        _check_cons_shape(values.shape[1], self.problem)
-        return violations(values, self.problem.lcons, self.problem.ucons)
+            where, cons = "the constraints cons(u, p) at a candidate", self.problem.f.cons
+            values = np.stack([
+                np.atleast_1d(np.asarray(_guarded(where, cons, self.space.tree(x), self.p), float))
+                for x in X
+            ])
+        return _violations(values, self.problem)
 
 
 class HostEvaluator:
-    """One call of `fun` per candidate, on NumPy float64 `u` in `u0`'s structure, made when
-    the candidates are started."""
-
-    def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
-        self.problem, self.space, self.sign = problem, space, problem.sense.sign
-        self.cons = HostConstraints(problem, space) if problem.has_constraints else None
-
-    def start(self, X: np.ndarray) -> Pending:
-        f, p = self.problem.f, self.problem.p
-        values = [host_value(f.fun, f.has_aux, self.space.tree(x), p) for x in X]
-        batch = host_batch(values, self.sign, f.has_aux, self.cons, X)
-        return lambda: batch
-
-
-class ExecutorEvaluator:
-    """`executor.submit(fun, u, p)` per candidate, as Nevergrad's own
-    `minimize(executor=...)` does; `u` is NumPy float64 in `u0`'s structure. Constraints
-    are evaluated in this process."""
+    """`fun(u, p)` once per candidate, `u` NumPy float64 in `u0`'s structure: called at
+    once, or submitted to `executor` (as Nevergrad's own `minimize(executor=...)` does).
+    Constraints are evaluated in this process."""
 
     def __init__(self, problem: OptimizationProblem, space: SearchSpace, executor: Any) -> None:
         self.problem, self.space, self.executor = problem, space, executor
         self.cons = HostConstraints(problem, space) if problem.has_constraints else None
 
-    def submit(self, x: np.ndarray) -> Any:
-        return self.executor.submit(self.problem.f.fun, self.space.tree(x), self.problem.p)
-
-    def result(self, future: Any) -> tuple[float, Any]:
-        try:
-            out = future.result()
-        except OptiframeError:
-            raise
-        except Exception as err:
-            raise ObjectiveError(
-                f"Evaluating the objective fun(u, p) through the executor failed: "
-                f"{type(err).__name__}: {err}"
-            ) from err
-        return scalar_result(out, self.problem.f.has_aux)
-
-    def collect(self, X: np.ndarray, futures: Sequence[Any]) -> Batch:
-        values = [self.result(f) for f in futures]
-        return host_batch(values, self.problem.sense.sign, self.problem.f.has_aux, self.cons, X)
-
     def start(self, X: np.ndarray) -> Pending:
-        futures = [self.submit(x) for x in X]
-        return lambda: self.collect(X, futures)
+        fun, p, us = self.problem.f.fun, self.problem.p, [self.space.tree(x) for x in X]
+        if self.executor is None:
+            batch = self._batch(X, [_guarded("the objective fun(u, p) at a candidate", fun, u, p)
+                                    for u in us])
+            return Pending(lambda: batch)
+        futures = tuple(self.executor.submit(fun, u, p) for u in us)
+        where = "the objective fun(u, p) through the executor"
+        return Pending(
+            lambda: self._batch(X, [_guarded(where, future.result) for future in futures]),
+            futures,
+        )
 
-
-def host_batch(
-    values: list[tuple[float, Any]], sign: float, has_aux: bool, cons: Any, X: np.ndarray
-) -> Batch:
-    """The `Batch` of host evaluations `(fun, aux)` of the rows of `X`."""
-    objectives = np.array([v for v, _ in values], float)
-    aux = [a for _, a in values] if has_aux else None
-    viol = cons(X) if cons is not None else None
-    return Batch(sign * objectives, objectives, viol, aux)
+    def _batch(self, X: np.ndarray, outs: list[Any]) -> Batch:
+        values = [_scalar(out, self.problem.f.has_aux) for out in outs]
+        objectives = np.array([v for v, _ in values], float)
+        return Batch(
+            self.problem.sense.sign * objectives,
+            objectives,
+            None if self.cons is None else self.cons(X),
+            [a for _, a in values] if self.problem.f.has_aux else None,
+        )

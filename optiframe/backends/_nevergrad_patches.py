@@ -1,6 +1,6 @@
-"""Patches that Nevergrad needs to work, reproducibly, with the libraries installed
-beside it: NumPy >= 2.4 in its metamodel, and seeds for `cma.fmin`. Applied once, when the
-Nevergrad backend first imports Nevergrad (`patch`).
+"""Patches Nevergrad needs to work, reproducibly, with the libraries beside it: NumPy >= 2.4
+in its metamodel, and seeds for `cma.fmin`. `patch` applies them (each once) when the
+Nevergrad backend first imports Nevergrad.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from typing import Any
 
 import numpy as np
 
+# Seeds for `cma.fmin` calls made while a seeded run is in progress (innermost run last),
+# and the source each thread that called `cma.fmin` drew its first seed from.
+_CMA_SEEDS: list[np.random.RandomState] = []
+_CMA_THREAD_SEEDS: weakref.WeakKeyDictionary[threading.Thread, np.random.RandomState] = (
+    weakref.WeakKeyDictionary()
+)
+
 
 def _lenient_float(x: Any = 0.0) -> float:
     """`float` as NumPy < 2.4 had it: a one-element array of any shape converts to its
@@ -24,28 +31,16 @@ def _lenient_float(x: Any = 0.0) -> float:
 
 
 def _patch_metamodel() -> None:
-    """Make Nevergrad's metamodel work with NumPy >= 2.4.
+    """Give `nevergrad.optimization.metamodel` NumPy < 2.4's `float`.
 
-    `nevergrad.optimization.metamodel.learn_on_k_best` converts `model.predict(...)`, a
-    one-element array, with `float(...)`, which NumPy 2.4 turned from a DeprecationWarning
-    into a TypeError (nevergrad 1.0.12, the latest release; nevergrad issue #1612). The
-    TypeError escapes the metamodel's own `MetaModelFailure` handling and kills every
-    optimizer that consults a metamodel, NGOpt on small continuous problems included.
-    Giving that one module the conversion NumPy < 2.4 performed keeps Nevergrad's choices
-    exactly as they were; nothing else is touched.
+    `learn_on_k_best` converts `model.predict(...)`, a one-element array, with `float(...)`,
+    a TypeError since NumPy 2.4 (nevergrad 1.0.12, issue #1612) that escapes the metamodel's
+    own `MetaModelFailure` handling and kills every optimizer that consults a metamodel
+    (NGOpt on small continuous problems). Nevergrad's choices stay exactly as they were.
     """
     from nevergrad.optimization import metamodel
 
-    if getattr(metamodel, "float", None) is not _lenient_float:
-        metamodel.float = _lenient_float  # module global; shadows the builtin there only
-
-
-# Seeds for `cma.fmin` calls made while a seeded run is in progress (innermost run last),
-# and the source each thread that called `cma.fmin` drew its first seed from.
-_CMA_SEEDS: list[np.random.RandomState] = []
-_CMA_THREAD_SEEDS: weakref.WeakKeyDictionary[threading.Thread, np.random.RandomState] = (
-    weakref.WeakKeyDictionary()
-)
+    metamodel.float = _lenient_float  # module global; shadows the builtin there only
 
 
 @contextlib.contextmanager
@@ -54,9 +49,8 @@ def seeded_cma(seed: int | None) -> Iterator[None]:
     `seed` (nothing changes for `seed=None`).
 
     Nevergrad's `CmaFmin2` (which NGOpt selects for some problems) calls `cma.fmin` without
-    a seed, and `cma` then seeds itself, and NumPy's global random state, from the clock:
-    a run could not be reproduced. With a seed drawn from the run's seed it can. A thread
-    keeps drawing from the run it first called `cma.fmin` in (its restarts do too).
+    a seed, and `cma` then seeds itself, and NumPy's global random state, from the clock.
+    A thread keeps drawing from the run it first called `cma.fmin` in (its restarts too).
     """
     if seed is None:
         yield
@@ -92,8 +86,6 @@ def _patch_cma() -> None:
 
     seeded_fmin._optiframe_seeded = True  # type: ignore[attr-defined]
     cma.fmin = seeded_fmin
-
-
 
 
 def patch() -> None:

@@ -1,27 +1,24 @@
 """The Nevergrad backend: every optimizer of Nevergrad's registry behind `solve`.
 
-One run asks Nevergrad for a batch of candidates, evaluates the batch, tells Nevergrad every
-value, and repeats until the evaluation budget (`maxiters`) is spent:
-
-- an objective written in JAX (`ad="jax"`, the default) is evaluated a whole batch at a
-  time, in one `jax.vmap`-ed, jitted call, in float64 (`_nevergrad_eval.JaxEvaluator`);
-- host code (`ad="finite"` or `ad=None`) is called once per candidate on NumPy
-  (`_nevergrad_eval.HostEvaluator`), or in parallel through an `executor`.
-
-Evaluations start as soon as their candidates are asked (a JAX batch once the whole batch
-is). The last evaluation of the budget goes to Nevergrad's recommendation; `sol.u` is the
-best point evaluated (for a deterministic objective), and the recommendation stays in
-`sol.original`. The run around the loop (callback, bar, clock, Ctrl-C, best point) is the
-shared host lifecycle (`_host.py`). See docs/nevergrad.md.
+One run asks Nevergrad for candidates, evaluates them and tells Nevergrad every value
+until the evaluation budget (`maxiters`) is spent (`_nevergrad_eval`): a JAX objective
+(`ad="jax"`, the default) a batch at a time in one `jax.vmap`-ed, jitted float64 call, host
+code one candidate at a time or in parallel through an `executor`. Evaluations start as soon
+as their candidates are asked. The last evaluation of the budget goes to Nevergrad's
+recommendation; `sol.u` is the best point evaluated (for a deterministic objective). The run
+around the loop (callback, bar, clock, Ctrl-C, the solution) is the shared host lifecycle
+(`_host.HostRun`). See docs/nevergrad.md.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,12 +28,11 @@ from .._checks import seed as check_seed
 from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..flat import restore_like
 from ..problem import OptimizationProblem
-from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
+from ..solution import OptimizationSolution, OptimizationState, ReturnCode
 from ._host import BestPoint, HostRun
 from ._lifecycle import Stop, budget_message, call_back, check_options
 from ._nevergrad_eval import (
     Batch,
-    ExecutorEvaluator,
     HostConstraints,
     HostEvaluator,
     JaxEvaluator,
@@ -48,18 +44,12 @@ from ._nevergrad_patches import patch, seeded_cma
 from ._nevergrad_space import BOUNDINGS, SearchSpace
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
 
-# Nevergrad's own cap on a loss it is told (larger values are clipped, with a warning).
-BAD_LOSS = 5.0e20
+BAD_LOSS = 5.0e20  # Nevergrad's own cap on a told loss (it clips larger ones, with a warning)
 
 # The bounding (`set_bounds(method=...)`) each family of optimizers gets by default; chosen
 # by `benchmarks/bench_nevergrad.py --bounding` (docs/nevergrad.md has the measurements).
 DEFAULT_BOUNDING = {
-    "CMA": "clipping",
-    "DE": "clipping",
-    "PSO": "clipping",
-    "OnePlusOne": "clipping",
-    "NGOpt": "clipping",
-    "recast": "clipping",
+    **dict.fromkeys(("CMA", "DE", "PSO", "OnePlusOne", "NGOpt", "recast"), "clipping"),
     "other": "bouncing",
 }
 
@@ -71,16 +61,48 @@ DEFAULT_BOUNDING = {
 # the budget reaches it (see docs/nevergrad.md).
 PENALTY_STYLE = (1e4, 1.0, 1.0, 2.0, 0.0, 1.0)
 
-_OPTIONS: dict[str, Any] = {
-    "bounding": None,
-    "constraints": "penalty",
-    "constraint_tol": 1e-6,
-    "penalty_style": PENALTY_STYLE,
-    "batch_mode": True,
-    "noisy": False,
-    "chunk": None,
+
+def _must(valid: Callable[[Any], bool], expected: str) -> Callable[[str, str, Any], None]:
+    """A check that raises "`where(name=value)` must be `expected`." unless `valid(value)`."""
+
+    def check(where: str, name: str, value: Any) -> None:
+        if not valid(value):
+            raise InvalidProblemError(f"`{where}({name}={value!r})` must be {expected}.")
+
+    return check
+
+
+_FLAG = _must(lambda v: isinstance(v, bool), "True or False")
+
+# The backend's own options: name -> (default, check(where, name, value)).
+_OPTIONS: dict[str, tuple[Any, Callable[[str, str, Any], Any]]] = {
+    "bounding": (None, _must(
+        lambda v: v is None or v in BOUNDINGS,
+        "None (the default for the optimizer's family) or one of "
+        + ", ".join(map(repr, BOUNDINGS)),
+    )),
+    "constraints": ("penalty", _must(lambda v: v in ("penalty", "cheap"), "'penalty' or 'cheap'")),
+    "constraint_tol": (1e-6, number),
+    "penalty_style": (PENALTY_STYLE, _must(
+        lambda v: isinstance(v, (tuple, list)) and len(v) == 6
+        and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v),
+        "6 numbers (a, b, c, d, e, f) as Nevergrad's tell(penalty_style=...) takes them",
+    )),
+    "chunk": (None, functools.partial(count, optional=True)),
+    "batch_mode": (True, _FLAG),
+    "noisy": (False, _FLAG),
 }
-_CONSTRAINT_MODES = ("penalty", "cheap")
+
+
+def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    check_options(
+        options, _OPTIONS, where, "Configure the optimizer itself by passing a configured "
+        "optimizer, e.g. ng.families.ParametrizedCMA(popsize=20).",
+    )
+    for name, (_, check) in _OPTIONS.items():
+        if name in options:
+            check(where, name, options[name])
+    return dict(options)
 
 
 def _import_nevergrad() -> Any:
@@ -96,9 +118,6 @@ def _import_nevergrad() -> Any:
     # notice about Nevergrad's calling pattern that a user cannot act on.
     warnings.filterwarnings("ignore", message="orphanated injected solution", module="cma")
     return ng
-
-
-# --------------------------------------------------------------------------- results
 
 
 class NevergradResult(NamedTuple):
@@ -145,42 +164,6 @@ class NevergradStep(NamedTuple):
     best_objective: float
 
 
-# --------------------------------------------------------------------------- options
-
-
-def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    check_options(
-        options, _OPTIONS, where, "Configure the optimizer itself by passing a configured "
-        "optimizer, e.g. ng.families.ParametrizedCMA(popsize=20).",
-    )
-    bounding = options.get("bounding")
-    if bounding is not None and bounding not in BOUNDINGS:
-        raise InvalidProblemError(
-            f"`{where}(bounding={bounding!r})` must be None (the default for the optimizer's "
-            f"family) or one of {', '.join(map(repr, BOUNDINGS))}."
-        )
-    mode = options.get("constraints", "penalty")
-    if mode not in _CONSTRAINT_MODES:
-        raise InvalidProblemError(
-            f"`{where}(constraints={mode!r})` must be 'penalty' or 'cheap'."
-        )
-    number(where, "constraint_tol", options.get("constraint_tol", 0.0))
-    style = options.get("penalty_style", PENALTY_STYLE)
-    if not (
-        isinstance(style, (tuple, list)) and len(style) == 6
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in style)
-    ):
-        raise InvalidProblemError(
-            f"`{where}(penalty_style={style!r})` must be 6 numbers (a, b, c, d, e, f) as "
-            "Nevergrad's tell(penalty_style=...) takes them."
-        )
-    count(where, "chunk", options.get("chunk"), optional=True)
-    for flag in ("batch_mode", "noisy"):
-        if flag in options and not isinstance(options[flag], bool):
-            raise InvalidProblemError(f"`{where}({flag}={options[flag]!r})` must be True or False.")
-    return dict(options)
-
-
 # --------------------------------------------------------------------------- the algorithm
 
 
@@ -188,11 +171,11 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
 class Nevergrad(Algorithm):
     """Any Nevergrad optimizer as an optiframe algorithm.
 
-    `maxiters` is the evaluation budget: the number of candidates evaluated (Nevergrad's
-    `budget`); Nevergrad's recommendation, unless it is the best candidate already, is
-    evaluated once more after the budget (counted in `stats.fevals`). `sol.u` is the best
-    point evaluated; with constraints, the best whose constraints hold to `constraint_tol`.
-    The recommendation is in `sol.original.recommendation`.
+    `maxiters` is the evaluation budget (Nevergrad's `budget`), counted in `stats.fevals`:
+    `maxiters - 1` candidates, then Nevergrad's recommendation (or, when that is the best
+    candidate already, one more candidate). `sol.u` is the best point evaluated; with
+    constraints, the best whose constraints hold to `constraint_tol`. The recommendation is
+    in `sol.original.recommendation`.
 
     Args:
         name: a name in `ng.optimizers.registry` ("NGOpt", "CMA", "TwoPointsDE", "PSO",
@@ -207,11 +190,11 @@ class Nevergrad(Algorithm):
             client's `get_executor()`) that evaluates `fun(u, p)` on NumPy, as Nevergrad's
             own `minimize(executor=...)` does, for objectives that are not JAX.
         **options: `bounding` (None: the default of the optimizer's family, or one of
-            "bouncing", "clipping", "arctan", "tanh", "constraint"), `constraints`
-            ("penalty", the default, or "cheap"), `constraint_tol` (1e-6), `batch_mode`
-            (True: with an executor, tell whole batches in asked order, reproducibly;
-            False: Nevergrad's steady state, tell each result as it arrives), `noisy`
-            (False; True: the objective is stochastic, `sol.u` is Nevergrad's
+            "bouncing", "clipping", "arctan", "tanh", "constraint", "penalty"),
+            `constraints` ("penalty", the default, or "cheap"), `constraint_tol` (1e-6),
+            `batch_mode` (True: with an executor, tell whole batches in asked order,
+            reproducibly; False: Nevergrad's steady state, tell each result as it arrives),
+            `noisy` (False; True: the objective is stochastic, `sol.u` is Nevergrad's
             recommendation), `penalty_style` (see `PENALTY_STYLE`) and `chunk` (None: a
             batch is one `jax.vmap`; an integer: vmap that many candidates at a time, the
             chunks looped inside the same jitted call, which keeps a compute-bound
@@ -241,17 +224,8 @@ class Nevergrad(Algorithm):
         executor: Any = None,
         **options: Any,
     ) -> None:
-        if hasattr(name, "ask") and hasattr(name, "tell") and not isinstance(name, type):
-            raise InvalidProblemError(
-                f"`Nevergrad(name=...)` got an optimizer instance ({type(name).__name__}); pass "
-                "its class or a configured optimizer instead: optiframe builds the optimizer "
-                "from the problem (parametrization, budget, num_workers)."
-            )
-        if not isinstance(name, str) and not callable(name):
-            raise InvalidProblemError(
-                f"`Nevergrad(name={name!r})` must be a name in ng.optimizers.registry, an "
-                "optimizer class or a configured optimizer."
-            )
+        if _is_instance(name) or not (isinstance(name, str) or callable(name)):
+            raise _not_an_optimizer(name)
         if executor is not None and not callable(getattr(executor, "submit", None)):
             raise InvalidProblemError(
                 f"`Nevergrad(executor=...)` must have a submit(fn, *args) method (a "
@@ -280,8 +254,7 @@ class Nevergrad(Algorithm):
         )
 
     def __repr__(self) -> str:
-        name = self.name if isinstance(self.name, str) else _display(self.name)
-        extras = [f"{name!r}"]
+        extras = [repr(self.name if isinstance(self.name, str) else _display(self.name))]
         if self.seed is not None:
             extras.append(f"seed={self.seed}")
         if self.num_workers != 1:
@@ -293,7 +266,7 @@ class Nevergrad(Algorithm):
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
         settings = {
-            **_OPTIONS,
+            **{name: default for name, (default, _) in _OPTIONS.items()},
             **self.options,
             **_check_options(options.solver_options, "solve"),
         }
@@ -304,6 +277,24 @@ def _display(obj: Any) -> str:
     if isinstance(obj, type):
         return obj.__name__
     return getattr(obj, "name", None) or repr(obj)
+
+
+def _is_instance(name: Any) -> bool:
+    """Whether `name` is an optimizer instance (asks and tells), not a class or a factory."""
+    return hasattr(name, "ask") and hasattr(name, "tell") and not isinstance(name, type)
+
+
+def _not_an_optimizer(name: Any) -> InvalidProblemError:
+    if _is_instance(name):
+        return InvalidProblemError(
+            f"`Nevergrad(name=...)` got an optimizer instance ({type(name).__name__}); pass "
+            "its class or a configured optimizer instead: optiframe builds the optimizer "
+            "from the problem (parametrization, budget, num_workers)."
+        )
+    return InvalidProblemError(
+        f"`Nevergrad(name={name!r})` must be a name in ng.optimizers.registry, an optimizer "
+        "class or a configured optimizer."
+    )
 
 
 def resolve_optimizer(name: Any) -> tuple[Any, str]:
@@ -323,48 +314,30 @@ def resolve_optimizer(name: Any) -> tuple[Any, str]:
         isinstance(name, type) and issubclass(name, base.Optimizer)
     ):
         return name, _display(name)
-    if isinstance(name, base.Optimizer):
-        raise InvalidProblemError(
-            f"`Nevergrad(name=...)` got an optimizer instance ({type(name).__name__}); pass "
-            "its class or a configured optimizer instead: optiframe builds the optimizer "
-            "from the problem (parametrization, budget, num_workers)."
-        )
-    raise InvalidProblemError(
-        f"`Nevergrad(name=...)` must be a name in ng.optimizers.registry, an optimizer class "
-        f"or a configured optimizer, got {type(name).__name__}."
-    )
+    raise _not_an_optimizer(name)
 
 
 def family(factory: Any) -> str:
     """The family of a Nevergrad optimizer class or configured optimizer, the key of
     `DEFAULT_BOUNDING`."""
-    from nevergrad.optimization import (
-        base,
-        differentialevolution,
-        optimizerlib,
-        recaster,
-        recastlib,
-    )
+    from nevergrad.optimization import base, optimizerlib, recaster, recastlib
+    from nevergrad.optimization.differentialevolution import DifferentialEvolution
 
     if isinstance(factory, base.ConfiguredOptimizer):
-        kinds = (
+        test, kinds = isinstance, (
             (optimizerlib.ParametrizedCMA, "CMA"),
-            (differentialevolution.DifferentialEvolution, "DE"),
+            (DifferentialEvolution, "DE"),
             (optimizerlib.ConfPSO, "PSO"),
             (optimizerlib.ParametrizedOnePlusOne, "OnePlusOne"),
             (recastlib.NonObjectOptimizer, "recast"),
         )
-        for kind, key in kinds:
-            if isinstance(factory, kind):
-                return key
-        return "other"
-    if issubclass(factory, optimizerlib.NGOptBase):
-        return "NGOpt"
-    if issubclass(factory, (optimizerlib.MetaCMA, optimizerlib._CMA)):
-        return "CMA"
-    if issubclass(factory, recaster.RecastOptimizer):
-        return "recast"
-    return "other"
+    else:
+        test, kinds = issubclass, (
+            (optimizerlib.NGOptBase, "NGOpt"),
+            ((optimizerlib.MetaCMA, optimizerlib._CMA), "CMA"),
+            (recaster.RecastOptimizer, "recast"),
+        )
+    return next((key for kind, key in kinds if test(factory, kind)), "other")
 
 
 # --------------------------------------------------------------------------- one run
@@ -398,11 +371,47 @@ def _stop_threads(optimizer: Any, timeout: float = 1.0) -> None:
             stack.extend(obj.values())
 
 
+def _wait(futures: list[Any], timeout: float) -> None:
+    """Wait until one of `futures` is done or `timeout` seconds (inf: no limit) have passed:
+    `concurrent.futures.wait`, or polling `done()` for futures of other kinds."""
+    limit = None if math.isinf(timeout) else timeout
+    if all(isinstance(f, concurrent.futures.Future) for f in futures):
+        concurrent.futures.wait(futures, limit, concurrent.futures.FIRST_COMPLETED)
+        return
+    deadline, pause = time.perf_counter() + timeout, 1e-4
+    while not any(f.done() for f in futures) and time.perf_counter() < deadline:
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
+
+
+class _Books:
+    """What `HostRun.pack` reads from `HostRun.objective`: a Nevergrad run evaluates through
+    its own evaluators and keeps its counts (calls of `fun`, non-finite values) here."""
+
+    gevals = hevals = 0
+
+    def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
+        self.problem, self.space = problem, space
+        self.sign, self.fevals, self.nonfinite = problem.sense.sign, 0, 0
+
+    def u(self, x: np.ndarray) -> Any:
+        """`x` (n,) in `u0`'s structure, leaf types and dtypes."""
+        return restore_like(self.space.tree(x), self.problem.u0)
+
+
+class _Started(NamedTuple):
+    """Candidates whose evaluation has started: their points (b, n), inside the box, how far
+    outside it Nevergrad's points lie (b,) with the "penalty" bounding (else None), and the
+    evaluation."""
+
+    candidates: list[Any]
+    X: np.ndarray
+    box: np.ndarray | None
+    pending: Pending
+
+
 class _NevergradRun(HostRun):
-    """One call of `solve` with the Nevergrad backend: `maxiters - 1` candidates asked,
-    evaluated and told in batches, then the last evaluation of the budget spent on
-    Nevergrad's recommendation (or, when that is the best candidate already, on one more
-    candidate)."""
+    """One call of `solve` with the Nevergrad backend."""
 
     alg: Nevergrad
     search = True
@@ -412,100 +421,101 @@ class _NevergradRun(HostRun):
         settings: dict[str, Any],
     ) -> None:
         super().__init__(alg, problem, options)
-        self.settings = settings
-        self.ng = _import_nevergrad()
+        self.settings, self.k, self.executor = settings, alg.num_workers, alg.executor
         self.factory, self.label = resolve_optimizer(alg.name)
-        self.family = family(self.factory)
         self.space = SearchSpace(problem)
-        self.k = alg.num_workers
-        self.executor = alg.executor
         self.tol = float(settings["constraint_tol"])
         self.best = BestPoint(self.tol)
         self.cheap = problem.has_constraints and settings["constraints"] == "cheap"
-        if getattr(self.factory, "no_parallelization", False) and self.k > 1:
-            raise UnsupportedFeatureError(
-                f"Nevergrad's {self.label} evaluates one candidate at a time and cannot take "
-                f"num_workers={self.k}; use num_workers=1, or a population method that "
-                "batches well ('TwoPointsDE', 'PSO', 'CMA', 'NGOpt')."
-            )
-        if not settings["batch_mode"] and self.executor is None:
-            raise UnsupportedFeatureError(
-                "`batch_mode=False` (Nevergrad's steady state: tell each result as it arrives) "
-                "needs an executor; pass Nevergrad(executor=...) or drop batch_mode."
-            )
-        if self.cheap and np.any(problem.lcons == problem.ucons):
-            raise UnsupportedFeatureError(
-                "`constraints='cheap'` resamples candidates until the constraints hold, "
-                "which random samples of an equality constraint (lcons == ucons) almost never "
-                "do; use constraints='penalty' (the default)."
-            )
+        for refused, message in (
+            (getattr(self.factory, "no_parallelization", False) and self.k > 1,
+             f"Nevergrad's {self.label} evaluates one candidate at a time and cannot take "
+             f"num_workers={self.k}; use num_workers=1, or a population method that "
+             "batches well ('TwoPointsDE', 'PSO', 'CMA', 'NGOpt')."),
+            (not settings["batch_mode"] and self.executor is None,
+             "`batch_mode=False` (Nevergrad's steady state: tell each result as it arrives) "
+             "needs an executor; pass Nevergrad(executor=...) or drop batch_mode."),
+            (self.cheap and np.any(problem.lcons == problem.ucons),
+             "`constraints='cheap'` resamples candidates until the constraints hold, which "
+             "random samples of an equality constraint (lcons == ucons) almost never do; "
+             "use constraints='penalty' (the default)."),
+        ):
+            if refused:
+                raise UnsupportedFeatureError(message)
         default = "penalty" if problem.has_constraints and not self.cheap else None
-        self.bounding = settings["bounding"] or default or DEFAULT_BOUNDING[self.family]
+        self.bounding = settings["bounding"] or default or DEFAULT_BOUNDING[family(self.factory)]
         self.penalised = (problem.has_constraints and not self.cheap) or (
             self.bounding == "penalty" and problem.has_bounds
         )
         self.style = tuple(float(v) for v in settings["penalty_style"])
         # Candidates per evaluation call, started as soon as they are asked: a JAX call
         # takes the whole batch, host code and an executor one candidate.
-        if self.executor is not None:
-            self.evaluator = ExecutorEvaluator(problem, self.space, self.executor)
-            self.per_call = 1
-        elif problem.f.ad != "jax":
-            self.evaluator = HostEvaluator(problem, self.space)
-            self.per_call = 1
+        if self.executor is None and problem.f.ad == "jax":
+            self.evaluator, self.per_call = JaxEvaluator(problem, self.k, settings["chunk"]), self.k
         else:
-            self.evaluator = JaxEvaluator(problem, self.k, settings["chunk"])
-            self.per_call = self.k
-
-        self.fevals = self.batches = self.nonfinite = 0
+            self.evaluator, self.per_call = HostEvaluator(problem, self.space, self.executor), 1
+        self.objective = _Books(problem, self.space)
         self.recommendation, self.recommended_objective = None, np.nan
         self.notes: list[str] = []
 
-    # -- setting up
+    @property
+    def done(self) -> int:
+        """What the bar counts: evaluations."""
+        return self.objective.fevals
 
     def _optimizer(self) -> Any:
-        param = self.space.parametrization(self.ng, self.bounding)
+        import nevergrad as ng
+
+        param = self.space.parametrization(ng, self.bounding)
         if self.settings["noisy"]:
             param.function.deterministic = False
-        if self.cheap:
-            for check in self._cheap_checks():
-                param.register_cheap_constraint(check)
+        if self.cheap:  # one cheap constraint each, a float >= 0 when it holds
+            cons, tol = HostConstraints(self.problem, self.space), self.tol
+            for i in range(self.problem.lcons.size):
+
+                def satisfied(value: Any, i: int = i) -> float:
+                    return float(tol - cons(self.space.flat(value)[None])[0, i])
+
+                satisfied.__name__ = f"constraint_{i}"
+                param.register_cheap_constraint(satisfied)
         if self.alg.seed is not None:
             param.random_state = np.random.RandomState(self.alg.seed)
+        return self._guarded(
+            self.factory, parametrization=param, budget=self.options.maxiters, num_workers=self.k
+        )
+
+    def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """`call(...)`, a package the optimizer needs but cannot import raised as an
+        `UnsupportedFeatureError`."""
         try:
-            return self.factory(
-                parametrization=param, budget=self.options.maxiters, num_workers=self.k
-            )
-        except ImportError as err:
-            raise _missing(self.label, err) from err
-
-    def _cheap_checks(self) -> list[Any]:
-        """One cheap constraint per constraint, as Nevergrad wants them: a float >= 0 when
-        satisfied (to `constraint_tol`)."""
-        cons = HostConstraints(self.problem, self.space)
-        space, tol = self.space, self.tol
-
-        def check(i):
-            def satisfied(value) -> float:
-                return float(tol - cons(space.flat(value)[None])[0, i])
-
-            satisfied.__name__ = f"constraint_{i}"
-            return satisfied
-
-        return [check(i) for i in range(self.problem.lcons.size)]
+            return call(*args, **kwargs)
+        except (ImportError, RuntimeError) as err:
+            missing = err if isinstance(err, ImportError) else err.__cause__
+            if not isinstance(missing, ImportError):
+                raise
+            raise UnsupportedFeatureError(
+                f"Nevergrad's {self.label} needs a package that is not installed "
+                f"({getattr(missing, 'name', None) or missing}): install it, or choose "
+                "another optimizer (e.g. 'NGOpt', 'CMA', 'TwoPointsDE')."
+            ) from err
 
     # -- the loop
 
     def minimize(self) -> tuple[ReturnCode, str] | None:
         """Run Nevergrad; None when the budget is spent, else the verdict of the optimizer's
         own stopping rule."""
+        from nevergrad.optimization import optimizerlib, recaster
+
         optimizer = self.optimizer = self._optimizer()
-        self.recast = self._recast_driver(optimizer)
-        budget, steady = self.options.maxiters, self.executor and not self.settings["batch_mode"]
+        inner = optimizer.optim if isinstance(optimizer, optimizerlib.NGOptBase) else optimizer
+        self.selected = getattr(inner, "name", type(inner).__name__)
+        # a library's own loop in a thread (scipy's Powell, COBYLA, ...) may end early
+        self.recast = isinstance(inner, recaster.SequentialRecastOptimizer)
+        budget = self.options.maxiters
         try:
             with seeded_cma(self.alg.seed):
-                ended = (self._steady if steady else self._batched)(optimizer, budget - 1)
-                if self.fevals < budget:
+                ended = self._search(optimizer, budget - 1)
+                if self.objective.fevals < budget:
                     ended = self._last(optimizer) or ended
         finally:
             try:
@@ -514,6 +524,151 @@ class _NevergradRun(HostRun):
                 self.recommendation = None
             _stop_threads(optimizer)
         return ended
+
+    def _search(self, optimizer: Any, budget: int) -> tuple[ReturnCode, str] | None:
+        """Ask, evaluate and tell `budget` more candidates, `num_workers` at a time; None
+        once they are told, else the verdict of a recast optimizer's own stopping rule.
+
+        In batches (the default) a batch is told whole, in asked order, once it is
+        evaluated: Nevergrad sees exactly the sequential ask-all, tell-all order. In
+        Nevergrad's steady state (`batch_mode=False`, with an executor) each result is told
+        as it arrives and a new candidate takes its worker (the order depends on timing).
+        """
+        steady, running, ended = not self.settings["batch_mode"], [], False
+        try:
+            while True:
+                if not ended and (steady or not running):
+                    room = min(self.k - sum(len(s.candidates) for s in running), budget)
+                    asked = self._fill(optimizer, room, running)
+                    budget, ended = budget - asked, asked < room
+                if not running:
+                    break
+                told, running = self._arrived(running) if steady else (running, [])
+                self._tell(optimizer, told)
+        finally:
+            for started in running:
+                started.pending.cancel()
+        if not ended:
+            return None
+        return ReturnCode.Success, (
+            f"{self.selected}'s own stopping rule ended it after {self.objective.fevals} "
+            "evaluations"
+        )
+
+    def _fill(self, optimizer: Any, room: int, running: list[_Started]) -> int:
+        """Ask up to `room` candidates (fewer once a recast optimizer's loop has ended) and
+        start evaluating each `per_call` of them as soon as they are asked, so Nevergrad's
+        asks overlap the evaluation of the earlier ones; returns how many were asked."""
+        asked, chunk = 0, []
+        while asked < room:
+            candidate = self._ask(optimizer)
+            if candidate is None:
+                break
+            asked += 1
+            chunk.append(candidate)
+            if len(chunk) == self.per_call:
+                running.append(self._start(chunk))
+                chunk = []
+        if chunk:
+            running.append(self._start(chunk))
+        return asked
+
+    def _ask(self, optimizer: Any) -> Any | None:
+        """One candidate, or None when a recast optimizer's own loop has ended."""
+        if not self.recast:
+            return self._guarded(optimizer.ask)
+        from nevergrad.common.errors import FinishedUnderlyingOptimizerWarning as Finished
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Finished)
+            candidate = self._guarded(optimizer.ask)
+        for w in caught:
+            if not issubclass(w.category, Finished):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return None if any(issubclass(w.category, Finished) for w in caught) else candidate
+
+    def _start(self, candidates: list[Any]) -> _Started:
+        X, box = self._points(candidates)
+        return _Started(candidates, X, box, self.evaluator.start(X))
+
+    def _points(self, candidates: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the points (b, n) to evaluate, inside the box; how far outside it Nevergrad's
+        points lie (b,) with the "penalty" bounding, else None)."""
+        raw = np.stack([self.space.flat(c.value, clip=False) for c in candidates])
+        if not self.problem.has_bounds:
+            return raw, None
+        box = self.space.box_violation(raw) if self.bounding == "penalty" else None
+        return np.clip(raw, self.space.lb, self.space.ub), box
+
+    def _arrived(self, running: list[_Started]) -> tuple[list[_Started], list[_Started]]:
+        """(the evaluations that have finished, in asked order; the others), once one has
+        (or `maxtime` is spent)."""
+        _wait([f for s in running for f in s.pending.futures], self.clock.remaining())
+        self.clock.check()
+        done = [s.pending.done() for s in running]
+        return (
+            [s for s, d in zip(running, done) if d], [s for s, d in zip(running, done) if not d]
+        )
+
+    def _tell(self, optimizer: Any, started: list[_Started]) -> None:
+        """Tell Nevergrad each evaluation of `started` as it ends, in order; then count them
+        as one iteration: the best point, the bar, the callback, the clock."""
+        batches = []
+        for s in started:
+            batch = s.pending.result()
+            losses = np.where(np.isfinite(batch.losses), batch.losses, BAD_LOSS)
+            told = self._told_violations(batch, s.box)
+            for i, candidate in enumerate(s.candidates):
+                self._guarded(
+                    optimizer.tell, candidate, float(losses[i]),
+                    constraint_violation=None if told is None else list(told[i]),
+                    penalty_style=None if told is None else self.style,
+                )
+            batches.append(batch)
+        X, batch = np.concatenate([s.X for s in started]), join(batches)
+        worst = self._count(X, batch)
+        self.iterations += 1
+        self.progress.show(self.objective.fevals, self.sign * self.best.loss)
+        if self.options.callback is not None:
+            keys = [
+                (0, loss) if v <= self.tol else (1, v) if np.isfinite(loss) else (2, 0.0)
+                for loss, v in zip(batch.losses, worst)
+            ]
+            i = min(range(len(keys)), key=keys.__getitem__)
+            step = NevergradStep(
+                optimizer, [c for s in started for c in s.candidates],
+                [self.space.tree(x) for x in X], batch.objectives,
+                None if batch.violations is None else worst, float(self.sign * self.best.loss),
+            )
+            call_back(self.options.callback, OptimizationState(
+                iter=self.iterations, u=self.objective.u(X[i]),
+                objective=float(batch.objectives[i]), p=self.problem.p,
+                aux=aux_at(batch.aux, i), original=step,
+            ))
+        self.clock.check()
+
+    def _told_violations(self, batch: Batch, box: np.ndarray | None) -> np.ndarray | None:
+        """(b, m) the constraint violations Nevergrad is told (the constraints' past
+        `constraint_tol`, unless they are cheap; the distance outside the box with the
+        "penalty" bounding), or None when it is told none."""
+        if not self.penalised:
+            return None
+        parts = []
+        if batch.violations is not None and not self.cheap:
+            parts.append(np.maximum(batch.violations - self.tol, 0.0))
+        if box is not None:
+            parts.append(box[:, None])
+        return np.minimum(np.concatenate(parts, axis=1), BAD_LOSS)
+
+    def _count(self, X: np.ndarray, batch: Batch) -> np.ndarray:
+        """Count the evaluations at the rows of `X` and offer each to the best point;
+        returns their largest constraint violations (b,)."""
+        self.objective.fevals += len(X)
+        self.objective.nonfinite += int(np.sum(~np.isfinite(batch.losses)))
+        worst = np.zeros(len(X)) if batch.violations is None else np.max(batch.violations, axis=1)
+        for x, loss, violation in zip(X, batch.losses, worst):
+            self.best.offer(x, loss, violation)
+        return worst
 
     def _last(self, optimizer: Any) -> tuple[ReturnCode, str] | None:
         """The last evaluation of the budget: Nevergrad's recommendation, unless it is the
@@ -526,259 +681,58 @@ class _NevergradRun(HostRun):
         noisy = self.settings["noisy"]
         if not noisy and self.best.x is not None and np.array_equal(X[0], self.best.x):
             self.recommended_objective = self.sign * self.best.loss
-            return self._batched(optimizer, 1)
-        batch = self.evaluator.start(X)()
-        self.fevals += 1
+            return self._search(optimizer, 1)
+        batch = self.evaluator.start(X).result()
         self.recommended_objective = float(batch.objectives[0])
-        if not np.isfinite(batch.losses[0]):
-            self.nonfinite += 1
-        worst = 0.0 if batch.violations is None else float(np.max(batch.violations[0]))
         if noisy:
             self.best = BestPoint(self.tol)
         before = self.best.x
-        self.best.offer(X[0], batch.losses[0], worst)
+        self._count(X, batch)
         if self.best.x is not before and not noisy:
             self.notes.append(
                 "the best point is Nevergrad's recommendation, the budget's last evaluation"
             )
         return None
 
-    def _recast_driver(self, optimizer: Any) -> bool:
-        """Whether the optimizer doing the work runs a library's own loop in a thread
-        (scipy's Powell, COBYLA, ...), which may converge before the budget is spent."""
-        from nevergrad.optimization import optimizerlib, recaster
-
-        inner = optimizer.optim if isinstance(optimizer, optimizerlib.NGOptBase) else optimizer
-        self.selected = getattr(inner, "name", type(inner).__name__)
-        return isinstance(inner, recaster.SequentialRecastOptimizer)
-
-    def _ask(self, optimizer: Any) -> Any | None:
-        """One candidate, or None when a recast optimizer's own loop has converged."""
-        if not self.recast:
-            return self._guarded(optimizer.ask)
-        from nevergrad.common import errors
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", errors.FinishedUnderlyingOptimizerWarning)
-            candidate = self._guarded(optimizer.ask)
-        done = errors.FinishedUnderlyingOptimizerWarning
-        finished = [w for w in caught if issubclass(w.category, done)]
-        for w in caught:
-            if w not in finished:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return None if finished else candidate
-
-    def _guarded(self, call: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return call(*args, **kwargs)
-        except ImportError as err:
-            raise _missing(self.label, err) from err
-        except RuntimeError as err:
-            if isinstance(err.__cause__, ImportError):
-                raise _missing(self.label, err.__cause__) from err
-            raise
-
-    def _points(self, candidates: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(the points to evaluate, inside the box; how far outside it Nevergrad's points
-        lie, with the "penalty" bounding, else None)."""
-        raw = np.stack([self.space.flat(c.value, clip=False) for c in candidates])
-        if not self.problem.has_bounds:
-            return raw, None
-        box = self.space.box_violation(raw) if self.bounding == "penalty" else None
-        return np.clip(raw, self.space.lb, self.space.ub), box
-
-    def _tell_all(self, optimizer: Any, candidates: list[Any], batch: Batch, box: Any) -> None:
-        told = np.where(np.isfinite(batch.losses), batch.losses, BAD_LOSS)
-        if not self.penalised:
-            for candidate, loss in zip(candidates, told):
-                self._guarded(optimizer.tell, candidate, float(loss))
-            return
-        parts = []
-        if batch.violations is not None and not self.cheap:
-            parts.append(np.maximum(batch.violations - self.tol, 0.0))
-        if box is not None:
-            parts.append(box[:, None])
-        v = np.minimum(np.concatenate(parts, axis=1), BAD_LOSS)
-        for candidate, loss, row in zip(candidates, told, v):
-            self._guarded(
-                optimizer.tell, candidate, float(loss), list(row), penalty_style=self.style
-            )
-
-    def _batched(self, optimizer: Any, budget: int) -> tuple[ReturnCode, str] | None:
-        """Ask a batch, evaluate it, tell it, until `budget` more candidates are evaluated.
-        The evaluation of each `self.per_call` candidates starts as soon as they are asked
-        (with an executor, each candidate's), so Nevergrad's asks overlap the evaluation of
-        the earlier ones, and the tells of each chunk the evaluation of the later ones;
-        Nevergrad sees exactly the sequential ask-all, tell-all order."""
-        end = self.fevals + budget
-        while self.fevals < end:
-            candidates: list[Any] = []
-            started: list[tuple[list[Any], np.ndarray, Any, Pending]] = []
-            size = min(self.k, end - self.fevals)
-            while len(candidates) < size:
-                candidate = self._ask(optimizer)
-                if candidate is None:
-                    break
-                candidates.append(candidate)
-                if len(candidates) % self.per_call == 0:
-                    started.append(self._start(candidates[-self.per_call :]))
-            if not candidates:
-                return self._finished()
-            if len(candidates) % self.per_call:
-                started.append(self._start(candidates[-(len(candidates) % self.per_call) :]))
-            X, batches = [], []
-            for chunk, points, box, pending in started:
-                batch = pending()
-                self._tell_all(optimizer, chunk, batch, box)
-                X.append(points)
-                batches.append(batch)
-            self._after_batch(optimizer, candidates, np.concatenate(X), join(batches))
-        return None
-
-    @property
-    def done(self) -> int:
-        """What the bar counts: evaluations."""
-        return self.fevals
-
-    def _finished(self) -> tuple[ReturnCode, str]:
-        return ReturnCode.Success, (
-            f"{self.selected}'s own stopping rule ended it after {self.fevals} evaluations"
-        )
-
-    def _start(self, candidates: list[Any]) -> tuple[list[Any], np.ndarray, Any, Pending]:
-        """Start evaluating `candidates`: (them, their points, box violations, pending)."""
-        X, box = self._points(candidates)
-        return candidates, X, box, self.evaluator.start(X)
-
-    def _steady(self, optimizer: Any, budget: int) -> tuple[ReturnCode, str] | None:
-        """Nevergrad's steady state with an executor: keep `num_workers` evaluations
-        running, tell each result as it arrives (the order depends on timing)."""
-        running: dict[Any, Any] = {}
-        asked = 0
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(running) < self.k and asked < budget:
-                    candidate = self._ask(optimizer)
-                    if candidate is None:
-                        exhausted = True
-                        break
-                    running[self.evaluator.submit(self._points([candidate])[0][0])] = candidate
-                    asked += 1
-                if not running:
-                    break
-                remaining = self.clock.remaining()
-                done, _ = _wait(list(running), remaining if np.isfinite(remaining) else None)
-                self.clock.check()
-                done = [f for f in running if f in done]  # in asked order
-                candidates = [running.pop(f) for f in done]
-                X, box = self._points(candidates)
-                batch = self.evaluator.collect(X, done)
-                self._tell_all(optimizer, candidates, batch, box)
-                self._after_batch(optimizer, candidates, X, batch)
-        finally:
-            for future in running:
-                future.cancel()
-        return self._finished() if exhausted else None
-
-    def _after_batch(
-        self, optimizer: Any, candidates: list[Any], X: np.ndarray, batch: Batch
-    ) -> None:
-        """Count a told batch, keep its best candidate, show it to the bar and the callback,
-        and check the clock."""
-        b = len(candidates)
-        self.fevals += b
-        self.batches += 1
-        self.nonfinite += int(np.sum(~np.isfinite(batch.losses)))
-        worst = np.zeros(b) if batch.violations is None else np.max(batch.violations, axis=1)
-        for i in range(b):
-            self.best.offer(X[i], batch.losses[i], worst[i])
-        self.progress.show(self.fevals, self.sign * self.best.loss)
-        if self.options.callback is not None:
-            keys = [
-                (0, loss) if v <= self.tol else (1, v) if np.isfinite(loss) else (2, 0.0)
-                for loss, v in zip(batch.losses, worst)
-            ]
-            i = min(range(b), key=keys.__getitem__)
-            us = [self.space.tree(x) for x in X]
-            step = NevergradStep(
-                optimizer, candidates, us, batch.objectives,
-                None if batch.violations is None else worst, float(self.sign * self.best.loss),
-            )
-            call_back(self.options.callback, OptimizationState(
-                iter=self.batches, u=restore_like(us[i], self.problem.u0),
-                objective=float(batch.objectives[i]), p=self.problem.p,
-                aux=aux_at(batch.aux, i), original=step,
-            ))
-        self.clock.check()
-
     # -- the result
 
     def solution(self, result: Any, stop: Stop) -> OptimizationSolution:
-        problem, best, space = self.problem, self.best, self.space
+        best, notes = self.best, self.notes
         retcode, message = stop.retcode, stop.message
         if retcode is None and result is not None:
             retcode, message = result
-        recommended_u = None
-        if self.recommendation is not None:
-            recommended_u = restore_like(
-                space.tree(space.flat(self.recommendation.value)), problem.u0
-            )
-        x, objective = best.x, self.sign * best.loss
-        notes = list(self.notes)
-        if self.nonfinite:
-            notes.append(f"{self.nonfinite} evaluations were NaN or inf")
+        x, loss = best.x, best.loss
         if x is None:
-            x, objective = space.x0, np.nan
+            x, loss = self.space.x0, np.nan
             retcode, message = ReturnCode.Failure, (
                 "no evaluation returned a finite objective; returning u0"
-                if self.fevals else "no candidate was evaluated; returning u0"
+                if self.objective.fevals else "no candidate was evaluated; returning u0"
             )
-        elif problem.has_constraints and best.violation > self.tol and not self.settings["noisy"]:
-            if retcode is None or retcode is ReturnCode.Success:
+        elif (self.problem.has_constraints and best.violation > self.tol
+              and not self.settings["noisy"]):
+            if retcode in (None, ReturnCode.Success):
                 retcode = ReturnCode.Infeasible
-            notes.insert(0, (
+            notes = [
                 f"no candidate met the constraints to constraint_tol={self.tol}; returning "
-                f"the least violating one (largest violation {best.violation:.3g})"
-            ))
+                f"the least violating one (largest violation {best.violation:.3g})",
+                *notes,
+            ]
         if retcode is None:
-            retcode, message = budget_message(self.options, "evaluations")
-        return OptimizationSolution(
-            u=restore_like(space.tree(x), problem.u0),
-            objective=float(objective),
-            retcode=retcode,
-            stats=Stats(iterations=self.batches, fevals=self.fevals),
-            original=NevergradResult(
-                self.recommendation, recommended_u, self.recommended_objective,
-                self.optimizer, self.selected, self.nonfinite,
+            retcode, message = budget_message(self.options, self.alg.capabilities.budget)
+        return self.pack(result, x, loss, retcode, "; ".join([message, *notes]))
+
+    def original(self, result: Any, x: np.ndarray, loss: float, message: str) -> Any:
+        recommendation = self.recommendation
+        return NevergradResult(
+            recommendation,
+            None if recommendation is None else self.objective.u(
+                self.space.flat(recommendation.value)
             ),
-            message="; ".join(m for m in [message, *notes] if m),
+            self.recommended_objective,
+            self.optimizer,
+            self.selected,
+            self.objective.nonfinite,
         )
-
-
-def _wait(futures: list[Any], timeout: float | None) -> tuple[set[Any], set[Any]]:
-    """`concurrent.futures.wait(FIRST_COMPLETED)`, also for futures of other kinds (anything
-    with done()), polled."""
-    if all(isinstance(f, concurrent.futures.Future) for f in futures):
-        return concurrent.futures.wait(
-            futures, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
-        )
-    deadline = None if timeout is None else time.perf_counter() + timeout
-    pause = 1e-4
-    while True:
-        done = {f for f in futures if f.done()}
-        if done or (deadline is not None and time.perf_counter() >= deadline):
-            return done, set(futures) - done
-        time.sleep(pause)
-        pause = min(2 * pause, 0.01)
-
-
-def _missing(label: str, err: BaseException) -> UnsupportedFeatureError:
-    package = getattr(err, "name", None) or str(err)
-    return UnsupportedFeatureError(
-        f"Nevergrad's {label} needs a package that is not installed ({package}): install it, "
-        "or choose another optimizer (e.g. 'NGOpt', 'CMA', 'TwoPointsDE')."
-    )
 
 
 # --------------------------------------------------------------------------- names
