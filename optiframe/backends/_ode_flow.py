@@ -4,10 +4,8 @@ lifecycle (`_device.py`) with diffrax's own integration loop.
 The flow `du/dt = −∇f(u)` is integrated by `diffrax.diffeqsolve` from `t = 0` towards
 `t = ∞`; what ends an integration:
 
-- the step budget: `StepBudget` wraps the algorithm's step size controller, counts the
-  accepted steps in its state and ends the solve (diffrax's `event_occurred` result)
-  once `budget` of them are done. The budget is a runtime value, so one compiled program
-  serves every `maxiters` and every chunk of a split run;
+- the step budget: `StepBudget` wraps the algorithm's step size controller and ends the
+  solve after `budget` accepted steps (a runtime value: one program serves every budget);
 - `abstol`/`reltol`: a `diffrax.Event` whose condition is diffrax's steady-state test
   (`‖∇f‖ ≤ abstol`, `‖∇f‖ ≤ reltol ‖u‖`, see docs/ode.md), also true when the objective is
   not finite.
@@ -16,6 +14,9 @@ One iteration is one accepted step. Gradient evaluations are counted where they 
 by a `jax.new_ref` counter inside the compiled integration (explicit solvers), or by a
 host callback per evaluation (implicit solvers, whose Newton iterations the reference
 counter cannot pass through).
+
+`ode.py`, the public side, imports this module (never the reverse): its types come in as
+arguments.
 """
 
 from __future__ import annotations
@@ -27,19 +28,36 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from optax.tree import norm
 
-from ..derivatives import Derivatives
-from ..solution import ReturnCode
-from ._device import FIRST_STOP, RUNNING, DeviceMethod, Evaluation, counts, loss_dtype
-from .base import SolveOptions
-from .ode import GradientFlowAlgorithm, GradientFlowState
+from ..derivatives import Derivatives, derivatives
+from ..flat import device_shapes
+from ..problem import OptimizationProblem
+from ..solution import OptimizationSolution, ReturnCode
+from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts, loss_dtype
+from .base import Algorithm, SolveOptions
 
 ABSTOL, RELTOL, STOPPED = FIRST_STOP, FIRST_STOP + 1, FIRST_STOP + 2
 _SAVE = diffrax.SaveAt(t1=True, solver_state=True, controller_state=True, made_jump=True)
 
 
-def _norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+def solve_flow(
+    alg: Algorithm, problem: OptimizationProblem, options: SolveOptions, state_type: type
+) -> OptimizationSolution:
+    """Run the gradient flow of `alg` (a `GradientFlowAlgorithm`) on `problem`; the run's
+    state is a `state_type` (`GradientFlowState`)."""
+    leaves, treedef = jax.tree.flatten(device_shapes(problem.u0))
+    tests = (options.abstol is not None, options.reltol is not None)
+    identity = (alg.cache_key, treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
+
+    def build() -> FlowMethod:
+        derivs = derivatives(problem.f, problem.sense)
+        n = sum(leaf.size for leaf in leaves)
+        return FlowMethod(alg.components(), derivs, tests, n, identity, state_type)
+
+    run = DeviceRun(alg, problem, options, ("flow", identity, tests), build)
+    dtype = jnp.result_type(*(x.dtype for x in leaves))
+    return run.solve(jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], dtype))
 
 
 # -- the step budget
@@ -70,8 +88,8 @@ class StepBudget(diffrax.AbstractStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        dtype = jnp.result_type(t0)
-        return tnext, BudgetState(inner, jnp.zeros((), jnp.int32), jnp.asarray(tnext, dtype))
+        tnext_ = jnp.asarray(tnext, jnp.result_type(t0))
+        return tnext, BudgetState(inner, jnp.zeros((), jnp.int32), tnext_)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
         if y_error is not None:
@@ -79,12 +97,9 @@ class StepBudget(diffrax.AbstractStepSizeController):
             # objective) makes diffrax's PID scale inf/inf = NaN and the time NaN; show
             # the controller an infinite error at the old point instead, so it rejects
             # the step and shrinks it.
-            finite = jnp.all(jnp.stack(
-                [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y1_candidate)]
-            ))
-            y1_candidate = jax.tree.map(
-                lambda a, b: jnp.where(finite, a, b), y1_candidate, y0
-            )
+            leaves = jax.tree.leaves(y1_candidate)
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+            y1_candidate = jax.tree.map(lambda a, b: jnp.where(finite, a, b), y1_candidate, y0)
             y_error = jax.tree.map(lambda e: jnp.where(finite, e, jnp.inf), y_error)
         keep, tprev, tnext, jump, inner, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state.inner
@@ -107,63 +122,20 @@ class AdaptiveStepBudget(StepBudget, diffrax.AbstractAdaptiveStepSizeController)
     """`StepBudget` around an adaptive controller; its tolerances stay visible to diffrax
     (implicit solvers take their Newton tolerances from them)."""
 
-    @property
-    def rtol(self):
-        return self.controller.rtol
-
-    @property
-    def atol(self):
-        return self.controller.atol
-
-    @property
-    def norm(self):
-        return self.controller.norm
-
-
-# -- counting gradient evaluations
-
-
-class _RefCount:
-    """A counter inside one compiled call (`jax.new_ref`)."""
-
-    def __init__(self) -> None:
-        self.ref = jax.new_ref(jnp.zeros((), jnp.int32))
-
-    def add(self) -> None:
-        self.ref[...] += 1
-
-    def read(self) -> jax.Array:
-        return self.ref[...]
-
-
-class _HostCount:
-    """A counter on the host, incremented by a callback per evaluation (slower)."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def _increment(self) -> None:
-        self.value += 1
-
-    def add(self) -> None:
-        jax.debug.callback(self._increment)
-
-    def read(self) -> jax.Array:
-        return jnp.zeros((), jnp.int32)
-
-    def take(self) -> int:
-        """The evaluations counted since the last `take`."""
-        jax.effects_barrier()
-        value, self.value = self.value, 0
-        return value
+    rtol = property(lambda self: self.controller.rtol)
+    atol = property(lambda self: self.controller.atol)
+    norm = property(lambda self: self.controller.norm)
 
 
 # -- the method
 
 
 class FlowMethod(DeviceMethod):
-    """An accepted step of the gradient flow, or many in one `diffeqsolve` (`run`). The
-    state is a `GradientFlowState` (its diffrax fields None before the first step)."""
+    """An accepted step of the gradient flow, or many in one `diffeqsolve` (`run`), with
+    the algorithm's `components` (solver, controller, first step or None); `tests` say
+    whether abstol and reltol are set, `n` counts the variables, `key` is what a warm start
+    must match. The state is a `state_type` (`GradientFlowState`; its diffrax fields None
+    before the first step)."""
 
     stops = {
         ABSTOL: (ReturnCode.Success, "‖∇f‖ <= abstol={options.abstol}"),
@@ -171,10 +143,10 @@ class FlowMethod(DeviceMethod):
     }  # and STOPPED: diffrax ended the integration early (`verdict`)
 
     def __init__(
-        self, alg: GradientFlowAlgorithm, derivs: Derivatives, tests: tuple[bool, bool], n: int,
-        key: Any,
+        self, components: tuple[Any, Any, float | None], derivs: Derivatives,
+        tests: tuple[bool, bool], n: int, key: Any, state_type: type,
     ) -> None:
-        self.solver, self.controller, self.dt0 = alg.components()
+        self.solver, self.controller, self.dt0 = components
         if getattr(self.solver, "scan_kind", "") is None:
             # diffrax's Runge-Kutta stages run in a checkpointed loop by default (for
             # reverse-mode autodiff, which a forward solve does not need); a plain loop
@@ -183,76 +155,76 @@ class FlowMethod(DeviceMethod):
                 lambda s: s.scan_kind, self.solver, "lax", is_leaf=lambda x: x is None
             )
         self.derivs, (self.abstol, self.reltol), self.key = derivs, tests, key
+        self.state_type = state_type
         self.cost = derivs.fevals_per("value_and_grad", n)  # calls of fun per gradient
         self.adaptive = isinstance(self.controller, diffrax.AbstractAdaptiveStepSizeController)
         implicit = isinstance(self.solver, diffrax.AbstractImplicitSolver)
         self.device_count = hasattr(jax, "new_ref") and not implicit
-        self.host_count = _HostCount()
+        self.host_count = 0  # else: gradients counted by a host callback
 
-    def point(self, state: GradientFlowState) -> Any:
+    def point(self, state: Any) -> Any:
         return state.y
+
+    def _status(self, gnorm: Any, y: Any, tol: Any) -> jax.Array:
+        """ABSTOL or RELTOL if that steady-state test passes (abstol first), else RUNNING."""
+        status = jnp.asarray(RUNNING, jnp.int32)
+        if self.reltol:
+            status = jnp.where(gnorm <= tol[1] * norm(y), RELTOL, status)
+        if self.abstol:
+            status = jnp.where(gnorm <= tol[0], ABSTOL, status)
+        return status
 
     def _evaluate(self, y: Any, p: Any, tol: Any, accepted: Any, evals: Any) -> Evaluation:
         """The objective and gradient at `y`, the tests, and what the steps to it cost."""
         (loss, aux), g = self.derivs.value_and_grad(y, p)
-        gnorm = _norm(g)
+        gnorm = norm(g)
         loss = jnp.where(jnp.isfinite(gnorm), jnp.asarray(loss, loss_dtype()), jnp.nan)
-        status = jnp.asarray(RUNNING, jnp.int32)
-        if self.reltol:
-            status = jnp.where(gnorm <= tol[1] * _norm(y), RELTOL, status)
-        if self.abstol:
-            status = jnp.where(gnorm <= tol[0], ABSTOL, status)
         evals = evals + 1
-        return Evaluation(y, loss, g, aux, counts(accepted, self.cost * evals, evals), status, True)
+        return Evaluation(
+            y, loss, g, aux, counts(accepted, self.cost * evals, evals),
+            self._status(gnorm, y, tol), True,
+        )
 
-    def init(self, u: Any, p: Any, tol: Any) -> tuple[GradientFlowState, None]:
+    def init(self, u: Any, p: Any, tol: Any) -> tuple[Any, None]:
         """The flow at `t = 0` (diffrax's event tests the start, so a converged start takes
         no step)."""
         dtype = jnp.result_type(*jax.tree.leaves(u))
         y0 = jax.tree.map(lambda x: x.astype(dtype), u)
         dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, dtype)
-        return GradientFlowState(jnp.zeros((), dtype), y0, None, None, None, dt0), None
+        return self.state_type(jnp.zeros((), dtype), y0, None, None, None, dt0), None
 
-    def _stop(self, loss: Any, gnorm: Any, unorm: Any, tol: Any) -> Any:
-        """The event's condition: converged, or the objective is not finite."""
-        stop = ~(jnp.isfinite(loss) & jnp.isfinite(gnorm))
-        if self.abstol:
-            stop = stop | (gnorm <= tol[0])
-        if self.reltol:
-            stop = stop | (gnorm <= tol[1] * unorm)
-        return stop
-
-    def run(self, state: GradientFlowState, p: Any, tol: Any, n: Any):
+    def run(self, state: Any, p: Any, tol: Any, n: Any):
         """Up to `n` accepted steps in one `diffeqsolve`, then the objective and gradient
         at the end: (state, evaluation, the diffrax solution)."""
-        counter = _RefCount() if self.device_count else self.host_count
-        value_and_grad = self.derivs.value_and_grad
+        ref = jax.new_ref(jnp.zeros((), jnp.int32)) if self.device_count else None
 
         def gradient(y, p):
-            counter.add()
-            (loss, _), g = value_and_grad(y, p)
+            if ref is None:
+                jax.debug.callback(self._count_on_host)
+            else:
+                ref[...] += 1
+            (loss, _), g = self.derivs.value_and_grad(y, p)
             return loss, jax.tree.map(lambda gi, yi: gi.astype(yi.dtype), g, y)
+
+        def steady_state(t, y, args, **kwargs):
+            """The event: converged, or the objective is not finite."""
+            loss, g = gradient(y, args[0])
+            gnorm = norm(g)
+            finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+            return ~finite | (self._status(gnorm, y, args[1]) != RUNNING)
 
         term = diffrax.ODETerm(
             lambda t, y, args: jax.tree.map(jnp.negative, gradient(y, args[0])[1])
         )
-        event = None
-        if self.abstol or self.reltol:
-
-            def steady_state(t, y, args, **kwargs):
-                loss, g = gradient(y, args[0])
-                return self._stop(loss, _norm(g), _norm(y), args[1])
-
-            event = diffrax.Event(steady_state)
+        event = diffrax.Event(steady_state) if self.abstol or self.reltol else None
         fresh = state.solver_state is None
         before = 0 if fresh else state.controller_state.accepted
-        wrapper = AdaptiveStepBudget if self.adaptive else StepBudget
         resumed = {} if fresh else dict(
-            solver_state=state.solver_state,
-            controller_state=state.controller_state,
+            solver_state=state.solver_state, controller_state=state.controller_state,
             made_jump=state.made_jump,
         )
         budget = jnp.asarray(jnp.minimum(before + n, np.iinfo(np.int32).max), jnp.int32)
+        wrapper = AdaptiveStepBudget if self.adaptive else StepBudget
         sol = diffrax.diffeqsolve(
             term, self.solver, state.t, jnp.asarray(jnp.inf, state.t.dtype), state.dt,
             state.y, args=(p, tol), saveat=_SAVE,
@@ -261,47 +233,52 @@ class FlowMethod(DeviceMethod):
         )
         t, y = sol.ts[-1], jax.tree.map(lambda ys: ys[-1], sol.ys)
         controller = sol.controller_state
-        new = GradientFlowState(
+        new = self.state_type(
             t, y, sol.solver_state, controller, jnp.asarray(sol.made_jump), controller.tnext - t
         )
         accepted = controller.accepted - before
-        ev = self._evaluate(y, p, tol, accepted, counter.read())
+        evals = jnp.zeros((), jnp.int32) if ref is None else ref[...]
+        ev = self._evaluate(y, p, tol, accepted, evals)
         fired = jnp.asarray(sol.event_mask) if event is not None else False
         stopped = (accepted < n) & ~fired & (ev.status == RUNNING)
         return new, ev._replace(status=jnp.where(stopped, STOPPED, ev.status)), sol
 
-    def step(self, state: GradientFlowState, p: Any, tol: Any):
+    def step(self, state: Any, p: Any, tol: Any):
         new, ev, sol = self.run(state, p, tol, 1)
         return new, ev._replace(extra=sol)
 
-    def final(self, state: GradientFlowState, p: Any, tol: Any):
+    def final(self, state: Any, p: Any, tol: Any):
         ev = self._evaluate(state.y, p, tol, 0, 0)
         return ev.loss, ev.counts
 
     # -- on the host
 
+    def _count_on_host(self) -> None:
+        self.host_count += 1
+
     def host_evaluations(self) -> tuple[int, int]:
         if self.device_count:
             return 0, 0
-        g = self.host_count.take()
+        jax.effects_barrier()
+        g, self.host_count = self.host_count, 0
         return self.cost * g, g
 
-    def export(self, state: GradientFlowState, steps: Any, best: Any) -> GradientFlowState:
+    def export(self, state: Any, steps: Any, best: Any) -> Any:
         return state._replace(key=self.key)
 
-    def restore(self, public: GradientFlowState):
+    def restore(self, public: Any):
         return public._replace(key=None), 0, None
 
     def accepts(self, public: Any, fresh: Any) -> bool:  # the key says it all
-        return isinstance(public, GradientFlowState) and public.key == self.key
+        return isinstance(public, self.state_type) and public.key == self.key
 
-    def result(self, state: GradientFlowState, consts: Any, extra: Any) -> Any:
+    def result(self, state: Any, consts: Any, extra: Any) -> Any:
         return extra
 
-    def note(self, state: GradientFlowState) -> str:
+    def note(self, state: Any) -> str:
         return f"t = {float(state.t):.4g}"
 
-    def verdict(self, status: int, state: GradientFlowState, options: SolveOptions):
+    def verdict(self, status: int, state: Any, options: SolveOptions):
         if status != STOPPED:
             return super().verdict(status, state, options)
         dt = float(state.dt)

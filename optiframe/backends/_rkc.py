@@ -1,22 +1,13 @@
 """A damped second-order Runge–Kutta–Chebyshev solver (RKC) as a `diffrax` solver.
 
-This is the method of Sommeijer, Shampine and Verwer, "RKC: an explicit solver for
-parabolic PDEs" (J. Comput. Appl. Math. 88, 1997), the code `rkc.f`: an explicit
-`s`-stage method whose stability interval along the negative real axis grows like
-`0.65 s²`, so that a stiff problem is integrated with steps chosen for accuracy rather
-than stability, at a cost of `s` evaluations per step. The stage count of each step is
-chosen from an estimate of the Jacobian's spectral radius `ρ` (`s = 1 + ⌊√(1 + 1.54 h ρ)⌋`),
-which is found by the nonlinear power method of `rkc.f` (finite differences of the vector
-field, no Jacobian needed) and refreshed every `estimate_every` accepted steps.
+The method of Sommeijer, Shampine and Verwer, "RKC: an explicit solver for parabolic PDEs"
+(J. Comput. Appl. Math. 88, 1997; the code `rkc.f`): an explicit `s`-stage method whose
+stability interval along the negative real axis grows like `0.65 s²`, so that a stiff
+problem is integrated with steps chosen for accuracy rather than stability. docs/ode.md
+gives the scheme, and why RKC rather than ROCK2.
 
-Why not ROCK2: ROCK2 (Abdulle and Medovikov, 2001) reaches a larger stability interval
-(about `0.81 s²`) but needs tables of optimal orthogonal polynomials computed offline.
-RKC's coefficients have closed forms from Chebyshev polynomials, it is the method
-`rkc.f` and OrdinaryDiffEq's `RKC()` implement, and for a gradient flow both serve the
-same purpose: a step size limited by accuracy, not by the largest curvature.
-
-This module imports diffrax and equinox at import time; optiframe imports it only when a
-gradient-flow solve runs.
+This module imports diffrax at import time; optiframe imports it only when a gradient-flow
+solve runs.
 """
 
 from __future__ import annotations
@@ -26,12 +17,9 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 from diffrax import RESULTS, AbstractAdaptiveSolver, LocalLinearInterpolation, ODETerm
+from optax.tree import norm
 
 __all__ = ["RKC", "rkc_stability_boundary", "rkc_stages"]
-
-
-def _norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def _axpy(*pairs: tuple[Any, Any]) -> Any:
@@ -40,6 +28,25 @@ def _axpy(*pairs: tuple[Any, Any]) -> Any:
     return jax.tree.map(
         lambda *leaves: sum(c * leaf for c, leaf in zip(coefficients, leaves)), *trees
     )
+
+
+def _recur(w0: Any, c: tuple) -> tuple:
+    """One step j -> j + 1 of the Chebyshev recurrences at `w0`:
+    (T_j, T_{j-1}, T_j', T_{j-1}', T_j'', T_{j-1}'') -> the same for j + 1."""
+    z, zm, dz, dzm, d2z, d2zm = c
+    return 2 * w0 * z - zm, z, 2 * w0 * dz - dzm + 2 * z, dz, 2 * w0 * d2z - d2zm + 4 * dz, d2z
+
+
+def _chebyshev(w0: Any, s: Any) -> tuple[Any, Any, Any]:
+    """`T_s(w0), T_s'(w0), T_s''(w0)`: on the host for a Python `s`, else on the device."""
+    c = (w0, 1.0, 1.0, 0.0, 0.0, 0.0)  # j = 1
+    if isinstance(s, int):
+        for _ in range(2, s + 1):
+            c = _recur(w0, c)
+    else:
+        c = tuple(jnp.full_like(w0, x) for x in c)
+        c = jax.lax.fori_loop(2, s + 1, lambda _, c: _recur(w0, c), c)
+    return c[0], c[2], c[4]
 
 
 def rkc_stages(h_rho: Any) -> jax.Array:
@@ -53,31 +60,8 @@ def rkc_stability_boundary(s: int, damping: float = 2.0 / 13.0) -> float:
     RKC method: `(1 + w0) T_s''(w0) / T_s'(w0)` with `w0 = 1 + damping / s²`
     (≈ `0.653 s²` for the default damping)."""
     w0 = 1.0 + damping / s**2
-    z, dz, d2z = _chebyshev(w0, s)
+    _, dz, d2z = _chebyshev(w0, s)
     return (1.0 + w0) * d2z / dz
-
-
-def _chebyshev(w0: Any, s: Any) -> tuple[Any, Any, Any]:
-    """`T_s(w0), T_s'(w0), T_s''(w0)` by the three-term recurrences (host or device)."""
-    if isinstance(s, int):
-        z, zm, dz, dzm, d2z, d2zm = w0, 1.0, 1.0, 0.0, 0.0, 0.0
-        for _ in range(2, s + 1):
-            z, zm, dz, dzm, d2z, d2zm = (
-                2 * w0 * z - zm, z,
-                2 * w0 * dz - dzm + 2 * z, dz,
-                2 * w0 * d2z - d2zm + 4 * dz, d2z,
-            )
-        return z, dz, d2z
-
-    def body(_, c):
-        z, zm, dz, dzm, d2z, d2zm = c
-        return (
-            2 * w0 * z - zm, z, 2 * w0 * dz - dzm + 2 * z, dz, 2 * w0 * d2z - d2zm + 4 * dz, d2z
-        )
-
-    one, zero = jnp.ones_like(w0), jnp.zeros_like(w0)
-    z, _, dz, _, d2z, _ = jax.lax.fori_loop(2, s + 1, body, (w0, one, one, zero, zero, zero))
-    return z, dz, d2z
 
 
 class RKC(AbstractAdaptiveSolver):
@@ -140,13 +124,10 @@ class RKC(AbstractAdaptiveSolver):
         return 2
 
     def error_order(self, terms: Any) -> int:
-        # The estimate of rkc.f approximates the local error of a second-order method.
-        return 3
+        return 3  # rkc.f's estimate approximates the local error of a second-order method
 
     def func(self, terms: Any, t0: Any, y0: Any, args: Any) -> Any:
         return terms.vf(t0, y0, args)
-
-    # -- spectral radius
 
     def _estimate(self, terms, t, y, fy, v, args):
         """ρ by the nonlinear power method of rkc.f: differences of the vector field
@@ -155,22 +136,21 @@ class RKC(AbstractAdaptiveSolver):
         if self.spectral_radius is not None:
             return jnp.asarray(self.spectral_radius, dtype), v
         sqrt_eps = jnp.sqrt(jnp.finfo(dtype).eps)
-        ynorm = _norm(y)
+        ynorm = norm(y)
         delta = jnp.where(ynorm > 0, ynorm * sqrt_eps, sqrt_eps)
 
         def direction(v):
-            vnorm = _norm(v)
+            vnorm = norm(v)
             ok = (vnorm > 0) & jnp.isfinite(vnorm)
             fallback = jax.tree.map(jnp.ones_like, v)
-            scale = jnp.where(ok, delta / jnp.where(ok, vnorm, 1.0), delta / _norm(fallback))
+            scale = jnp.where(ok, delta / jnp.where(ok, vnorm, 1.0), delta / norm(fallback))
             return jax.tree.map(lambda a, b: jnp.where(ok, a, b) * scale, v, fallback)
 
         def body(carry):
             k, v, _, rho = carry
-            dv = direction(v)
-            fz = terms.vf(t, jax.tree.map(jnp.add, y, dv), args)
+            fz = terms.vf(t, jax.tree.map(jnp.add, y, direction(v)), args)
             diff = jax.tree.map(jnp.subtract, fz, fy)
-            return k + 1, diff, rho, _norm(diff) / delta
+            return k + 1, diff, rho, norm(diff) / delta
 
         def cond(carry):
             k, _, previous, rho = carry
@@ -180,8 +160,6 @@ class RKC(AbstractAdaptiveSolver):
         zero = jnp.zeros((), dtype)
         _, v, _, rho = jax.lax.while_loop(cond, body, (0, v, zero, zero))
         return self.safety * rho, v
-
-    # -- the solver protocol
 
     def init(self, terms, t0, t1, y0, args):
         f0 = terms.vf(t0, y0, args)
@@ -211,14 +189,12 @@ class RKC(AbstractAdaptiveSolver):
         b1 = 1 / jnp.square(2 * w0)  # b_0 = b_1 = b_2 = T_2''/T_2'^2
         mus = w1 * b1
         hf0 = jax.tree.map(lambda f: h * f, f0)
-        y1 = _axpy((1.0, y0), (mus, hf0))
         one, zero = jnp.ones_like(w0), jnp.zeros_like(w0)
 
         def stage(_, c):
-            yjm1, yjm2, zjm1, zjm2, dzjm1, dzjm2, d2zjm1, d2zjm2, bjm1, bjm2, thjm1, thjm2 = c
-            zj = 2 * w0 * zjm1 - zjm2
-            dzj = 2 * w0 * dzjm1 - dzjm2 + 2 * zjm1
-            d2zj = 2 * w0 * d2zjm1 - d2zjm2 + 4 * dzjm1
+            yjm1, yjm2, cheb, bjm1, bjm2, thjm1, thjm2 = c
+            zjm1, cheb = cheb[0], _recur(w0, cheb)
+            zj, _, dzj, _, d2zj, _ = cheb
             bj = d2zj / jnp.square(dzj)
             ajm1 = 1 - zjm1 * bjm1
             mu = 2 * w0 * bj / bjm1
@@ -226,23 +202,24 @@ class RKC(AbstractAdaptiveSolver):
             mus = mu * w1 / w0
             fj = terms.vf(t0 + thjm1 * h, yjm1, args)
             yj = _axpy(
-                (1 - mu - nu, y0), (mu, yjm1), (nu, yjm2),
-                (mus * h, fj), (-ajm1 * mus, hf0),
+                (1 - mu - nu, y0), (mu, yjm1), (nu, yjm2), (mus * h, fj), (-ajm1 * mus, hf0),
             )
             thj = mu * thjm1 + nu * thjm2 + mus * (1 - ajm1)
-            return yj, yjm1, zj, zjm1, dzj, dzjm1, d2zj, d2zjm1, bj, bjm1, thj, thjm1
+            return yj, yjm1, cheb, bj, bjm1, thj, thjm1
 
-        carry = (y1, y0, w0, one, one, zero, zero, zero, b1, b1, mus, zero)
-        y1 = jax.lax.fori_loop(2, s + 1, stage, carry)[0]
+        y1 = _axpy((1.0, y0), (mus, hf0))
+        cheb = (w0, one, one, zero, zero, zero)
+        y1 = jax.lax.fori_loop(2, s + 1, stage, (y1, y0, cheb, b1, b1, mus, zero))[0]
         f1 = terms.vf(t1, y1, args)
-        # rkc.f's local error estimate: (12 (y0 - y1) + 6 h (f0 + f1)) / 15.
-        y_error = jax.tree.map(
-            lambda a, b, fa, fb: (12 * (a - b) + 6 * h * (fa + fb)) / 15, y0, y1, f0, f1
-        )
+        # rkc.f's local error estimate: (12 (y0 - y1) + 6 h (f0 + f1)) / 15, infinite when
+        # the step would need more than `max_stages` stages.
         unstable = needed > self.max_stages
-        y_error = jax.tree.map(lambda e: jnp.where(unstable, jnp.inf, e), y_error)
-        dense_info = dict(y0=y0, y1=y1)
-        return y1, y_error, dense_info, (f1, rho, v, since + 1), RESULTS.successful
+
+        def error(a, b, fa, fb):
+            return jnp.where(unstable, jnp.inf, (12 * (a - b) + 6 * h * (fa + fb)) / 15)
+
+        y_error = jax.tree.map(error, y0, y1, f0, f1)
+        return y1, y_error, dict(y0=y0, y1=y1), (f1, rho, v, since + 1), RESULTS.successful
 
 
 RKC.__init__.__doc__ = RKC.__doc__

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -26,12 +26,12 @@ from .._checks import count, lookup, number
 from .._checks import seed as check_seed
 from ..derivatives import Derivatives, check_objective, derivatives
 from ..errors import InvalidProblemError, UnsupportedFeatureError
-from ..flat import device_shapes, ravel, to_device
+from ..flat import device_shapes, ravel
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
-from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts
+from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts, loss_dtype
 from ._lifecycle import check_options
-from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
+from .base import COMMON_KEYWORDS, Algorithm, Capabilities, SolveOptions, register, register_prefix
 
 # The backend's own options and their defaults; every other option configures the evosax
 # algorithm (a constructor argument, or a field of its `default_params`).
@@ -97,16 +97,6 @@ class EvoSaxState(NamedTuple):
 # --------------------------------------------------------------------------- options
 
 
-def _import_evosax() -> Any:
-    try:
-        from evosax import algorithms
-    except ImportError as err:
-        raise UnsupportedFeatureError(
-            "opf.EvoSax needs the evosax package: pip install 'optiframe[evosax]'."
-        ) from err
-    return algorithms
-
-
 def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Validate the backend's own options; others are checked against evosax at solve."""
     count(where, "patience", options.get("patience", 1))
@@ -120,9 +110,13 @@ def resolve_algorithm(name: Any) -> tuple[type, str]:
     Raises:
         InvalidProblemError: an unknown name (listing the close matches) or a bad object.
     """
-    algorithms = _import_evosax()
-    from evosax.algorithms.base import EvolutionaryAlgorithm
-
+    try:
+        from evosax import algorithms
+        from evosax.algorithms.base import EvolutionaryAlgorithm
+    except ImportError as err:
+        raise UnsupportedFeatureError(
+            "opf.EvoSax needs the evosax package: pip install 'optiframe[evosax]'."
+        ) from err
     if isinstance(name, type) and issubclass(name, EvolutionaryAlgorithm):
         return name, name.__name__
     if isinstance(name, EvolutionaryAlgorithm):
@@ -136,12 +130,6 @@ def resolve_algorithm(name: Any) -> tuple[type, str]:
         registry.setdefault(cls.__name__, cls)
     listing = f"evosax's algorithms ({', '.join(sorted(algorithms.algorithms))})"
     return lookup(f"EvoSax(name={name!r})", name, registry, listing)
-
-
-def _default_population(n: int) -> int:
-    """CMA-ES's default, 4 + floor(3 ln n), made even and at least 8."""
-    size = 4 + math.floor(3 * math.log(max(n, 1)))
-    return max(8, size + size % 2)
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -176,11 +164,11 @@ class EvoSax(Algorithm):
             (`SV_CMA_ES`, `SV_Open_ES`) the size of each of `num_populations` populations.
         seed: the run's `jax.random.key`; the same seed gives the same result.
         **options: the backend's own: `patience` (10 generations) and `init_std` (None:
-            see above); any other
-            option configures the evosax algorithm: a constructor argument (`num_diff=2`
-            for DE, `optimizer=optax.adam(0.05)` for Open_ES, ...) or a field of its
-            `default_params` (`std_init=2.0`, `crossover_rate=0.5`, ...). Unknown names are
-            refused when the run starts. The same options may be given to `solve`.
+            see above); any other option configures the evosax algorithm: a constructor
+            argument (`num_diff=2` for DE, `optimizer=optax.adam(0.05)` for Open_ES, ...) or
+            a field of its `default_params` (`std_init=2.0`, `crossover_rate=0.5`, ...).
+            Unknown names are refused when the run starts. The same options may be given to
+            `solve`.
 
     Raises:
         InvalidProblemError: a bad `population_size`, `seed` or option.
@@ -197,11 +185,7 @@ class EvoSax(Algorithm):
     options: Mapping[str, Any]
 
     def __init__(
-        self,
-        name: Any = "CMA_ES",
-        *,
-        population_size: int | None = None,
-        seed: int = 0,
+        self, name: Any = "CMA_ES", *, population_size: int | None = None, seed: int = 0,
         **options: Any,
     ) -> None:
         if not isinstance(name, (str, type)):
@@ -221,13 +205,8 @@ class EvoSax(Algorithm):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            bounds=True,
-            budget="generations",
-            needs_budget=True,
-            keywords=frozenset((
-                "maxiters", "maxtime", "abstol", "reltol", "callback", "progress",
-                "warm_start", "save_best",
-            )),
+            bounds=True, budget="generations", needs_budget=True,
+            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"},
         )
 
     def __repr__(self) -> str:
@@ -248,13 +227,18 @@ class EvoSax(Algorithm):
                 "Use opf.Nevergrad for objectives JAX cannot trace, or ad='jax' if fun is "
                 "written in JAX."
             )
-        check_objective(problem.f, device_shapes(problem.u0), problem.p)  # ad=None too
+        shapes = device_shapes(problem.u0)
+        check_objective(problem.f, shapes, problem.p)  # ad=None too
         settings = {**self.options, **_check_options(options.solver_options, "solve")}
         cls, label = resolve_algorithm(self.name)
-        ours = {**_OPTIONS, **{k: settings.pop(k) for k in list(settings) if k in _OPTIONS}}
+        from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
+
+        population_based = issubclass(cls, PopulationBasedAlgorithm)
+        # The options: the backend's own, evosax's constructor arguments, and (what is
+        # left in `settings`) fields of its params.
+        ours = {k: settings.pop(k, default) for k, default in _OPTIONS.items()}
         accepted = [k for k in inspect.signature(cls.__init__).parameters if k not in _RESERVED]
-        ctor = {k: settings.pop(k) for k in list(settings) if k in accepted}
-        population_based = _population_based(cls)
+        ctor = {k: settings.pop(k) for k in accepted if k in settings}
         if ours["init_std"] is not None and not population_based:
             raise InvalidProblemError(
                 f"`EvoSax({label!r}, init_std=...)` draws the first population of a "
@@ -262,9 +246,9 @@ class EvoSax(Algorithm):
                 "distribution at u0: set its spread with its own params field (e.g. "
                 "std_init=...)."
             )
-        u = to_device(problem.u0)
-        n = sum(x.size for x in jax.tree.leaves(u))
-        size = self.population_size or _default_population(n)
+        leaves, treedef = jax.tree.flatten(shapes)
+        default = 4 + math.floor(3 * math.log(max(sum(x.size for x in leaves), 1)))
+        size = self.population_size or max(8, default + default % 2)  # CMA-ES's, made even
         box = problem.has_bounds and all(
             np.all(np.isfinite(b)) for b in jax.tree.leaves((problem.lb, problem.ub))
         )
@@ -276,8 +260,6 @@ class EvoSax(Algorithm):
             stall=stall,
             patience=int(ours["patience"]) if stall else 1,
         )
-        shapes = device_shapes(problem.u0)
-        leaves, treedef = jax.tree.flatten(shapes)
         key = (
             "evosax", cls, size, tuple((k, _frozen(v)) for k, v in sorted(ctor.items())),
             treedef, tuple((x.shape, x.dtype) for x in leaves), spec,
@@ -289,21 +271,16 @@ class EvoSax(Algorithm):
 
         run = DeviceRun(self, problem, options, key, build)
         params = _params(run.method.algorithm, settings, label, accepted + list(_OPTIONS))
-        dtype = search_dtype()
-        bounds = None
-        if problem.has_bounds:
-            bounds = tuple(
-                jax.tree.map(lambda b, x: jnp.broadcast_to(jnp.asarray(b, dtype), x.shape), b, u)
-                for b in (problem.lb, problem.ub)
-            )
+        dtype = loss_dtype()
+        bounds = None if not problem.has_bounds else tuple(
+            jax.tree.map(lambda b, x: jnp.broadcast_to(jnp.asarray(b, dtype), x.shape), b, shapes)
+            for b in (problem.lb, problem.ub)
+        )
         tol = jnp.asarray(
             [-np.inf if t is None else t for t in (options.abstol, options.reltol)], dtype
         )
         init_std = jnp.asarray(ours["init_std"] or 1.0, dtype)
         return run.solve((bounds, params, tol, init_std, jax.random.key(self.seed)))
-
-
-# --------------------------------------------------------------------------- the method
 
 
 def _frozen(value: Any) -> Any:
@@ -315,14 +292,9 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-def search_dtype() -> Any:
-    """The float dtype evosax computes in (float64 only with JAX_ENABLE_X64)."""
-    return jnp.result_type(float)
-
-
 def _algorithm(cls: type, size: int, ctor: dict[str, Any], shapes: Any) -> Any:
-    """The evosax algorithm for candidates shaped like `shapes`, in the search dtype."""
-    template = jax.tree.map(lambda x: jnp.zeros(x.shape, search_dtype()), shapes)
+    """The evosax algorithm for candidates shaped like `shapes`, in the loss dtype."""
+    template = jax.tree.map(lambda x: jnp.zeros(x.shape, loss_dtype()), shapes)
     try:
         return cls(population_size=size, solution=template, **ctor)
     except (AssertionError, TypeError, ValueError) as err:
@@ -335,35 +307,32 @@ def _algorithm(cls: type, size: int, ctor: dict[str, Any], shapes: Any) -> Any:
         ) from err
 
 
-def _params(algorithm: Any, overrides: dict[str, Any], cls_name: str, known: list[str]) -> Any:
-    """evosax's `default_params` with the options that name its fields applied."""
-    params = _defaults(algorithm)
-    fields = [f.name for f in dataclasses.fields(params)]
+def _params(algorithm: Any, overrides: dict[str, Any], label: str, known: list[str]) -> Any:
+    """evosax's `default_params` with the options that name its fields applied.
+
+    The defaults (computed eagerly by evosax) are kept on the algorithm as strongly typed
+    arrays, so that overriding a field (a weakly typed Python float in the defaults) does
+    not change the compiled program's signature."""
+    if not hasattr(algorithm, "_optiframe_defaults"):
+        algorithm._optiframe_defaults = jax.tree.map(
+            lambda x: jnp.asarray(x, jnp.asarray(x).dtype), algorithm.default_params
+        )
+    params = algorithm._optiframe_defaults
     check_options(
-        overrides, set(known) | set(fields), f"EvoSax({cls_name!r}, ...)",
+        overrides, set(known) | {f.name for f in dataclasses.fields(params)},
+        f"EvoSax({label!r}, ...)",
         "Options are the backend's own, evosax's constructor arguments and params fields.",
     )
     values = {}
     for name, value in overrides.items():
-        old = getattr(params, name)
         try:
-            values[name] = jnp.asarray(value, dtype=old.dtype)
+            values[name] = jnp.asarray(value, dtype=getattr(params, name).dtype)
         except (TypeError, ValueError) as err:
-            raise InvalidProblemError(
-                f"`EvoSax({cls_name!r}, {name}={value!r})`: {err}"
-            ) from err
+            raise InvalidProblemError(f"`EvoSax({label!r}, {name}={value!r})`: {err}") from err
     return params.replace(**values)
 
 
-def _defaults(algorithm: Any) -> Any:
-    """evosax's `default_params` of `algorithm` (computed eagerly by evosax: kept), as
-    strongly typed arrays, so that overriding a field (a Python float in the defaults,
-    weakly typed) does not change the compiled program's signature."""
-    if not hasattr(algorithm, "_optiframe_defaults"):
-        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype),
-                              algorithm.default_params)
-        algorithm._optiframe_defaults = params
-    return algorithm._optiframe_defaults
+# --------------------------------------------------------------------------- the method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,11 +381,10 @@ class Search(NamedTuple):
 
 
 class EvoSaxMethod(DeviceMethod):
-    """One generation of an evosax algorithm: ask, clip, evaluate (one `jax.vmap`), tell.
+    """One generation of an evosax algorithm: ask, clip, evaluate (one `jax.vmap`), tell,
+    and the stall tests (`stops`).
 
-    `abstol` and `reltol` are stall tests: the search stops with `Success` when the best
-    objective improved by at most `abstol` (or `reltol * |best|`) over the last `patience`
-    generations.
+    The run's constants are `(bounds or None, params, tol (2,), init_std, seed key)`.
     """
 
     search = True
@@ -441,48 +409,42 @@ class EvoSaxMethod(DeviceMethod):
     def point(self, state: Search) -> Any:
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.shapes)
 
-    # -- pieces of a generation
+    def _search(
+        self, state: Any, key: Any, generation: Any, best: Any = jnp.inf, worst: Any = -jnp.inf
+    ) -> Search:
+        """A search at the start of a solve."""
+        dtype, zero = loss_dtype(), jnp.zeros((), jnp.int32)
+        return Search(
+            state, key, jnp.asarray(generation, jnp.int32), zero, jnp.asarray(best, dtype),
+            jnp.asarray(worst, dtype), jnp.full(self.spec.patience, jnp.inf, dtype), zero,
+        )
 
     def _into_box(self, population: Any, bounds: Any) -> Any:
-        if not self.spec.bounded:
-            return population
-        return jax.tree.map(jnp.clip, population, *bounds)
-
-    def _evaluate(self, population: Any, p: Any) -> tuple[Any, Any, Any, jax.Array]:
-        """(the population as evaluated, in `u0`'s dtypes; as told, in the search dtype;
-        aux; fitness `sign * fun` (size,) in the search dtype)."""
-        dtype = search_dtype()
-        evaluated = jax.tree.map(lambda x, s: x.astype(s.dtype), population, self.shapes)
-        fitness, aux = jax.vmap(self.derivs.value_aux, in_axes=(0, None))(evaluated, p)
-        told = jax.tree.map(lambda x: x.astype(dtype), evaluated)
-        return evaluated, told, aux, jnp.asarray(fitness).astype(dtype)
-
-    def _told(self, fitness: jax.Array, worst: jax.Array) -> jax.Array:
-        """The fitness told to evosax: a non-finite value becomes `W + |W| + 1`, with `W`
-        the worst finite fitness seen in the run, so it is worse than every finite value
-        seen and never enters an elite, a personal best or a DE population."""
-        bad = jnp.where(jnp.isfinite(worst), worst + jnp.abs(worst) + 1, 0.0)
-        bad = jnp.where(jnp.isfinite(bad), bad, jnp.finfo(fitness.dtype).max)
-        return jnp.where(jnp.isfinite(fitness), fitness, bad.astype(fitness.dtype))
-
-    def _tell(self, key: Any, population: Any, fitness: jax.Array, state: Any, params: Any):
-        if self.groups is not None:  # evosax wants (num_populations, population_size, ...)
-            population = jax.tree.map(
-                lambda x: x.reshape(self.groups, -1, *x.shape[1:]), population
-            )
-        return self.algorithm.tell(key, population, fitness, state, params)[0]
-
-    def _worst(self, search: Search, fitness: jax.Array) -> jax.Array:
-        return jnp.maximum(search.worst, jnp.max(jnp.where(jnp.isfinite(fitness), fitness,
-                                                           -jnp.inf)))
+        return jax.tree.map(jnp.clip, population, *bounds) if self.spec.bounded else population
 
     def _generation(
-        self, search: Search, evaluated: Any, aux: Any, fitness: jax.Array, tol: Any
+        self, search: Search, population: Any, p: Any, tol: Any,
+        tell: Callable[[Any, jax.Array], Any],
     ) -> tuple[Search, Evaluation]:
-        """Count the generation, run the stall tests, and say what it evaluated (its best
-        candidate)."""
-        spec = self.spec
+        """Evaluate `population` (one `jax.vmap`), tell evosax (`tell(population, fitness)`
+        gives its new state), count the generation, run the stall tests, and say what it
+        evaluated (its best candidate).
+
+        Fitness is `sign * fun` in the loss dtype; a non-finite value is told as `W + |W| + 1`,
+        `W` the worst finite fitness seen in the run, so it is worse than every finite value
+        seen and never enters an elite, a personal best or a DE population."""
+        dtype, spec = loss_dtype(), self.spec
+        evaluated = jax.tree.map(lambda x, s: x.astype(s.dtype), population, self.shapes)
+        fitness, aux = jax.vmap(self.derivs.value_aux, in_axes=(0, None))(evaluated, p)
+        fitness = jnp.asarray(fitness).astype(dtype)
         finite = jnp.isfinite(fitness)
+        worst = jnp.maximum(search.worst, jnp.max(jnp.where(finite, fitness, -jnp.inf)))
+        bad = jnp.where(jnp.isfinite(worst), worst + jnp.abs(worst) + 1, 0.0)
+        bad = jnp.where(jnp.isfinite(bad), bad, jnp.finfo(dtype).max)
+        state = tell(
+            jax.tree.map(lambda x: x.astype(dtype), evaluated),
+            jnp.where(finite, fitness, bad.astype(dtype)),
+        )
         masked = jnp.where(finite, fitness, jnp.inf)
         i = jnp.argmin(masked)
         best = jnp.minimum(search.best, masked[i])
@@ -494,50 +456,34 @@ class EvoSaxMethod(DeviceMethod):
             status = jnp.where(gain <= tol[0], ABSTOL, status)
             history = history.at[slot].set(best)
         search = search._replace(
-            generation=search.generation + 1, done=search.done + 1, best=best,
-            worst=self._worst(search, fitness),
-            history=history, nonfinite=search.nonfinite + jnp.sum(~finite).astype(jnp.int32),
+            state=state, generation=search.generation + 1, done=search.done + 1, best=best,
+            worst=worst, history=history,
+            nonfinite=search.nonfinite + jnp.sum(~finite).astype(jnp.int32),
         )
         evaluation = Evaluation(
-            u=jax.tree.map(lambda x: x[i], evaluated),
-            loss=masked[i],
-            grad=None,
+            u=jax.tree.map(lambda x: x[i], evaluated), loss=masked[i], grad=None,
             aux=None if aux is None else jax.tree.map(lambda a: a[i], aux),
-            counts=counts(1, fitness.size, 0),
-            status=status,
-            at_state=False,
+            counts=counts(1, fitness.size, 0), status=status, at_state=False,
             extra=(evaluated, fitness),
         )
         return search, evaluation
 
-    # -- the protocol
-
     def init(self, u: Any, p: Any, consts: Any) -> tuple[Search, Evaluation | None]:
         bounds, params, tol, init_std, seed = consts
-        dtype = search_dtype()
+        dtype = loss_dtype()
         u = jax.tree.map(lambda x: x.astype(dtype), u)
         init_key, run_key = jax.random.split(seed)
-        zero = jnp.zeros((), jnp.int32)
-        search = Search(
-            state=None, key=run_key, generation=zero, done=zero,
-            best=jnp.asarray(jnp.inf, dtype), worst=jnp.asarray(-jnp.inf, dtype),
-            history=jnp.full(self.spec.patience, jnp.inf, dtype), nonfinite=zero,
-        )
+        search = self._search(None, run_key, 0)
         if not self.spec.population_based:
-            mean = u
-            if self.groups is not None:
-                mean = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.groups, *x.shape)), u)
-            state = self.algorithm.init(init_key, mean, params)
-            return self._settled(search._replace(state=state), p, consts), None
+            mean = u if self.groups is None else jax.tree.map(
+                lambda x: jnp.broadcast_to(x, (self.groups, *x.shape)), u
+            )
+            search = search._replace(state=self.algorithm.init(init_key, mean, params))
+            return self._settled(search, p, consts), None
         draw_key, init_key = jax.random.split(init_key)
         population = self._first_population(draw_key, u, bounds, init_std)
-        evaluated, told, aux, fitness = self._evaluate(population, p)
-        state = self.algorithm.init(
-            init_key, told, self._told(fitness, self._worst(search, fitness)), params
-        )
-        search, evaluation = self._generation(
-            search._replace(state=state), evaluated, aux, fitness, tol
-        )
+        tell = lambda x, fitness: self.algorithm.init(init_key, x, fitness, params)
+        search, evaluation = self._generation(search, population, p, tol, tell)
         return self._settled(search, p, consts), evaluation
 
     def _settled(self, search: Search, p: Any, consts: Any) -> Search:
@@ -565,12 +511,15 @@ class EvoSaxMethod(DeviceMethod):
         bounds, params, tol, _, _ = consts
         ask_key, tell_key = jax.random.split(jax.random.fold_in(search.key, search.generation))
         population, state = self.algorithm.ask(ask_key, search.state, params)
-        population = self._into_box(population, bounds)
-        evaluated, told, aux, fitness = self._evaluate(population, p)
-        state = self._tell(
-            tell_key, told, self._told(fitness, self._worst(search, fitness)), state, params
-        )
-        return self._generation(search._replace(state=state), evaluated, aux, fitness, tol)
+
+        def tell(population, fitness):
+            if self.groups is not None:  # evosax wants (num_populations, population_size, ...)
+                population = jax.tree.map(
+                    lambda x: x.reshape(self.groups, -1, *x.shape[1:]), population
+                )
+            return self.algorithm.tell(tell_key, population, fitness, state, params)[0]
+
+        return self._generation(search, self._into_box(population, bounds), p, tol, tell)
 
     # -- on the host
 
@@ -579,14 +528,9 @@ class EvoSaxMethod(DeviceMethod):
         return EvoSaxState(search.state, search.key, search.generation, losses, best[0])
 
     def restore(self, public: EvoSaxState) -> tuple[Search, Any, tuple[Any, Any]]:
-        dtype = search_dtype()
-        zero = jnp.zeros((), jnp.int32)
-        search = Search(
-            state=public.state, key=public.key, generation=public.generation, done=zero,
-            best=public.losses[0], worst=public.losses[1],
-            history=jnp.full(self.spec.patience, jnp.inf, dtype), nonfinite=zero,
-        )
-        return search, public.generation, (public.best_u, public.losses[0])
+        best, worst = public.losses
+        search = self._search(public.state, public.key, public.generation, best, worst)
+        return search, public.generation, (public.best_u, best)
 
     def original(self, before: Search, after: Search, evaluation: Evaluation) -> EvoSaxStep:
         population, fitness = evaluation.extra
@@ -599,21 +543,11 @@ class EvoSaxMethod(DeviceMethod):
         mean = None
         if not self.spec.population_based and hasattr(self.algorithm, "get_mean"):
             mean = self.algorithm.get_mean(search.state)
-        nonfinite = int(search.nonfinite)
-        return EvoSaxResult(search.state, mean, self.algorithm, consts[1], nonfinite)
+        return EvoSaxResult(search.state, mean, self.algorithm, consts[1], int(search.nonfinite))
 
     def note(self, search: Search) -> str:
         nonfinite = int(search.nonfinite)
         return f"{nonfinite} evaluations were NaN or inf" if nonfinite else ""
-
-
-def _population_based(cls: type) -> bool:
-    from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
-
-    return issubclass(cls, PopulationBasedAlgorithm)
-
-
-# --------------------------------------------------------------------------- names
 
 
 register_prefix("evosax", lambda name: EvoSax(name))

@@ -1,33 +1,22 @@
 """Gradient-flow solvers on diffrax: Optimization.jl's OptimizationODE family.
 
 Minimise `f` by integrating the gradient flow `du/dt = −∇f(u)` from `u0` towards a
-steady state with an ODE solver. The algorithms here are cheap, immutable descriptions;
-the integration itself (`_ode_flow.py`) and the Runge–Kutta–Chebyshev solver (`_rkc.py`)
-import diffrax and equinox only when a gradient-flow solve runs.
-
-| algorithm | integrator | steps |
-|---|---|---|
-| `ODEGradientDescent(dt=0.01)` | explicit Euler (`diffrax.Euler`) | fixed `dt` |
-| `RKAccelerated()` | Tsitouras 5(4) (`diffrax.Tsit5`) | adaptive (PID) |
-| `HighOrderDescent()` | Dormand–Prince 8(7) (`diffrax.Dopri8`) | adaptive (PID) |
-| `RKChebyshevDescent()` | damped 2nd-order Runge–Kutta–Chebyshev (`rkc.RKC`) | adaptive, s(ρ) |
-| `GradientFlow(solver, stepsize_controller)` | any diffrax ODE solver | as given |
+steady state with an ODE solver (docs/ode.md has the table of algorithms). The algorithms
+here are cheap, immutable descriptions; the integration itself (`_ode_flow.py`) and the
+Runge–Kutta–Chebyshev solver (`_rkc.py`) import diffrax and equinox only when a
+gradient-flow solve runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from .._checks import number
 from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ._lifecycle import check_options
-from .base import Algorithm, Capabilities, SolveOptions, register
-
-_KEYWORDS = frozenset((
-    "maxiters", "maxtime", "abstol", "reltol", "callback", "progress", "warm_start", "save_best",
-))
+from .base import COMMON_KEYWORDS, Algorithm, Capabilities, SolveOptions, register
 
 
 class GradientFlowState(NamedTuple):
@@ -71,7 +60,7 @@ class GradientFlowAlgorithm(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             needs=frozenset({"grad"}), budget="accepted steps", needs_budget=True,
-            keywords=_KEYWORDS,
+            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"},
         )
 
     def components(self) -> tuple[Any, Any, float | None]:
@@ -90,37 +79,16 @@ class GradientFlowAlgorithm(Algorithm):
             "opf.GradientFlow(solver, stepsize_controller=...).",
         )
         try:
-            from ._ode_flow import FlowMethod
+            from ._ode_flow import solve_flow
         except ImportError as err:
             raise UnsupportedFeatureError(
                 f"{self!r} needs diffrax and equinox: pip install 'optiframe[ode]'."
             ) from err
-        import jax
-        import jax.numpy as jnp
-
-        from ..derivatives import derivatives
-        from ..flat import device_shapes
-        from ._device import DeviceRun
-
-        shapes = device_shapes(problem.u0)
-        leaves, treedef = jax.tree.flatten(shapes)
-        n = sum(leaf.size for leaf in leaves)
-        tests = (options.abstol is not None, options.reltol is not None)
-        identity = (self.cache_key, treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
-
-        def build() -> FlowMethod:
-            derivs = derivatives(problem.f, problem.sense)
-            return FlowMethod(self, derivs, tests, n, identity)
-
-        run = DeviceRun(self, problem, options, ("flow", identity, tests), build)
-        dtype = jnp.result_type(*(x.dtype for x in leaves))
-        return run.solve(jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], dtype))
+        return solve_flow(self, problem, options, GradientFlowState)
 
 
-def _pid(rtol: float, atol: float) -> Any:
-    import diffrax
-
-    return diffrax.PIDController(rtol=rtol, atol=atol)
+def _float(x: float | None) -> float | None:
+    return None if x is None else float(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +120,12 @@ class ODEGradientDescent(GradientFlowAlgorithm):
 
 @dataclasses.dataclass(frozen=True)
 class _Adaptive(GradientFlowAlgorithm):
+    """`diffrax.<_solver_name>()` under a `diffrax.PIDController(rtol, atol)`."""
+
     rtol: float = 1e-6
     atol: float = 1e-8
     dt0: float | None = None
+    _solver_name: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -163,11 +134,15 @@ class _Adaptive(GradientFlowAlgorithm):
         number(owner, "dt0", self.dt0, positive=True, optional=True)
 
     def _solver(self) -> Any:
-        raise NotImplementedError
+        import diffrax
+
+        return getattr(diffrax, self._solver_name)()
 
     def components(self) -> tuple[Any, Any, float | None]:
-        dt0 = None if self.dt0 is None else float(self.dt0)
-        return self._solver(), _pid(self.rtol, self.atol), dt0
+        import diffrax
+
+        pid = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+        return self._solver(), pid, _float(self.dt0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,10 +163,7 @@ class RKAccelerated(_Adaptive):
         >>> sol = opf.solve(prob, opf.RKAccelerated(), maxiters=5_000, abstol=1e-6)
     """
 
-    def _solver(self) -> Any:
-        import diffrax
-
-        return diffrax.Tsit5()
+    _solver_name: ClassVar[str] = "Tsit5"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,10 +183,7 @@ class HighOrderDescent(_Adaptive):
         >>> sol = opf.solve(prob, opf.HighOrderDescent(), maxiters=5_000, abstol=1e-6)
     """
 
-    def _solver(self) -> Any:
-        import diffrax
-
-        return diffrax.Dopri8()
+    _solver_name: ClassVar[str] = "Dopri8"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,11 +217,10 @@ class RKChebyshevDescent(_Adaptive):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ok = isinstance(self.max_stages, int) and not isinstance(self.max_stages, bool)
-        if not ok or self.max_stages < 2:
+        stages = self.max_stages
+        if isinstance(stages, bool) or not isinstance(stages, int) or stages < 2:
             raise InvalidProblemError(
-                f"`RKChebyshevDescent(max_stages={self.max_stages!r})` must be an integer "
-                ">= 2."
+                f"`RKChebyshevDescent(max_stages={stages!r})` must be an integer >= 2."
             )
         number("RKChebyshevDescent", "spectral_radius", self.spectral_radius, positive=True,
                optional=True)
@@ -260,8 +228,7 @@ class RKChebyshevDescent(_Adaptive):
     def _solver(self) -> Any:
         from ._rkc import RKC
 
-        radius = None if self.spectral_radius is None else float(self.spectral_radius)
-        return RKC(max_stages=self.max_stages, spectral_radius=radius)
+        return RKC(max_stages=self.max_stages, spectral_radius=_float(self.spectral_radius))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -299,54 +266,48 @@ class GradientFlow(GradientFlowAlgorithm):
                 f"diffrax.Tsit5()), got {type(self.solver).__name__}."
             )
         number("GradientFlow", "dt0", self.dt0, positive=True, optional=True)
-        name = type(self.solver).__name__
+        name, controller = type(self.solver).__name__, self.stepsize_controller
         structure = self.solver.term_structure
         structure = getattr(structure, "__origin__", structure)
-        if not (isinstance(structure, type) and issubclass(dfx.ODETerm, structure)):
-            raise InvalidProblemError(
-                f"`GradientFlow(solver={name}())` expects terms shaped like {structure}, "
-                "but a gradient flow is one ODE term; use an ODE solver (e.g. "
-                "diffrax.Tsit5(), diffrax.Heun(), diffrax.Kvaerno5())."
-            )
-        controller = self.stepsize_controller
-        adaptive_solver = isinstance(self.solver, dfx.AbstractAdaptiveSolver)
-        if controller is None:
-            if not adaptive_solver and self.dt0 is None:
-                raise InvalidProblemError(
-                    f"`GradientFlow(solver={name}())` has no error estimate, so it takes "
-                    "fixed steps: pass dt0=..., or use an adaptive solver, or wrap it in "
-                    "diffrax.HalfSolver to get an error estimate."
-                )
-            return
-        if not isinstance(controller, dfx.AbstractStepSizeController):
-            raise InvalidProblemError(
-                f"`GradientFlow(stepsize_controller=...)` must be a diffrax step size "
-                f"controller (e.g. diffrax.PIDController(rtol=1e-3, atol=1e-6)), got "
-                f"{type(controller).__name__}."
-            )
-        if isinstance(controller, dfx.AbstractAdaptiveStepSizeController) and not adaptive_solver:
-            raise InvalidProblemError(
-                f"`GradientFlow(solver={name}(), stepsize_controller="
-                f"{type(controller).__name__}(...))`: {name} has no error estimate to adapt "
-                "the step to; use diffrax.ConstantStepSize() with dt0=..., or wrap the "
-                "solver in diffrax.HalfSolver."
-            )
-        if isinstance(controller, dfx.ConstantStepSize) and self.dt0 is None:
-            raise InvalidProblemError(
-                "`GradientFlow(stepsize_controller=ConstantStepSize())` needs the step: "
-                "pass dt0=..."
-            )
+        adaptive = isinstance(self.solver, dfx.AbstractAdaptiveSolver)
+        refusals = (
+            (not (isinstance(structure, type) and issubclass(dfx.ODETerm, structure)),
+             f"`GradientFlow(solver={name}())` expects terms shaped like {structure}, but a "
+             "gradient flow is one ODE term; use an ODE solver (e.g. diffrax.Tsit5(), "
+             "diffrax.Heun(), diffrax.Kvaerno5())."),
+            (controller is None and not adaptive and self.dt0 is None,
+             f"`GradientFlow(solver={name}())` has no error estimate, so it takes fixed "
+             "steps: pass dt0=..., or use an adaptive solver, or wrap it in "
+             "diffrax.HalfSolver to get an error estimate."),
+            (controller is not None
+             and not isinstance(controller, dfx.AbstractStepSizeController),
+             "`GradientFlow(stepsize_controller=...)` must be a diffrax step size controller "
+             "(e.g. diffrax.PIDController(rtol=1e-3, atol=1e-6)), got "
+             f"{type(controller).__name__}."),
+            (isinstance(controller, dfx.AbstractAdaptiveStepSizeController) and not adaptive,
+             f"`GradientFlow(solver={name}(), stepsize_controller="
+             f"{type(controller).__name__}(...))`: {name} has no error estimate to adapt the "
+             "step to; use diffrax.ConstantStepSize() with dt0=..., or wrap the solver in "
+             "diffrax.HalfSolver."),
+            (isinstance(controller, dfx.ConstantStepSize) and self.dt0 is None,
+             "`GradientFlow(stepsize_controller=ConstantStepSize())` needs the step: pass "
+             "dt0=..."),
+        )
+        for refused, message in refusals:
+            if refused:
+                raise InvalidProblemError(message)
 
     def components(self) -> tuple[Any, Any, float | None]:
         import diffrax
 
         controller = self.stepsize_controller
         if controller is None:
-            if isinstance(self.solver, diffrax.AbstractAdaptiveSolver):
-                controller = diffrax.PIDController(rtol=1e-6, atol=1e-8)
-            else:
-                controller = diffrax.ConstantStepSize()
-        return self.solver, controller, None if self.dt0 is None else float(self.dt0)
+            adaptive = isinstance(self.solver, diffrax.AbstractAdaptiveSolver)
+            controller = (
+                diffrax.PIDController(rtol=1e-6, atol=1e-8) if adaptive
+                else diffrax.ConstantStepSize()
+            )
+        return self.solver, controller, _float(self.dt0)
 
     @property
     def cache_key(self) -> Any:
