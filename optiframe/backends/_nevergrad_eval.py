@@ -1,11 +1,8 @@
 """Evaluating Nevergrad's candidates: a batch at a time on JAX (in float64, whatever JAX's
 default precision), one call at a time on the host, or in parallel through a
-`concurrent.futures.Executor`.
-
-Every evaluator's `start(X)` takes flat float64 candidates (rows of `X`), starts their
-evaluation and returns a `Pending` whose `result()` waits for their `Batch`. On JAX
-(asynchronous dispatch) and through an executor the evaluation runs while the caller asks
-Nevergrad for more candidates.
+`concurrent.futures.Executor`. An evaluator's `start(X)` starts the evaluation of flat
+float64 candidates (rows of `X`) and returns a `Pending`; on JAX (asynchronous dispatch) and
+through an executor the evaluation runs while the caller asks Nevergrad for more.
 """
 
 from __future__ import annotations
@@ -61,22 +58,16 @@ class Pending:
 
 
 def join(batches: Sequence[Batch]) -> Batch:
-    """One `Batch` of the candidates of `batches`, in order."""
+    """One `Batch` of the candidates of `batches`, in order (several come from the host only,
+    with aux in lists)."""
     if len(batches) == 1:
         return batches[0]
-    first = batches[0]
-    viol = None if first.violations is None else np.concatenate([b.violations for b in batches])
-    if first.aux is None:
-        aux = None
-    elif isinstance(first.aux, list):
-        aux = [a for b in batches for a in b.aux]
-    else:
-        aux = jax.tree.map(lambda *a: jnp.concatenate(a), *[b.aux for b in batches])
+    losses, objectives, violations, aux = zip(*batches)
     return Batch(
-        np.concatenate([b.losses for b in batches]),
-        np.concatenate([b.objectives for b in batches]),
-        viol,
-        aux,
+        np.concatenate(losses),
+        np.concatenate(objectives),
+        None if violations[0] is None else np.concatenate(violations),
+        None if aux[0] is None else [a for part in aux for a in part],
     )
 
 
@@ -112,19 +103,16 @@ def _unravel(u0: Any, x64: bool) -> Any:
         return ravel(template)[1]
 
 
-class JaxProgram:
-    """`fun` (and `cons`) over `size` flat candidates: one jitted call in float64 under
-    JAX's x64 mode (or, with `x64=False`, in `u0`'s dtypes), `jax.vmap`-ed over all of them
-    or, with `chunk`, over `chunk` at a time in a loop."""
+def _program(problem: OptimizationProblem, size: int, chunk: int | None, x64: bool) -> Any:
+    """`fun` (and `cons`) over `size` flat candidates in one jitted call, in float64 under
+    JAX's x64 mode (or in `u0`'s dtypes), `jax.vmap`-ed over all of them or over `chunk` at a
+    time in a loop. Built once per (user function, sense, shapes of u0, size, chunk,
+    precision), so later solves never trace again."""
 
-    def __init__(
-        self, problem: OptimizationProblem, size: int, chunk: int | None, x64: bool
-    ) -> None:
+    def build() -> Any:
         derivs = derivatives(problem.f, problem.sense)
         unravel = _unravel(problem.u0, x64)
         cons = derivs.cons if problem.has_constraints else None
-        self.size, self.x64 = size, x64
-        self.dtype = np.float64 if x64 else jnp.result_type(*jax.tree.leaves(to_device(problem.u0)))
 
         def one(x, p):
             u = unravel(x)
@@ -133,60 +121,55 @@ class JaxProgram:
             return loss, aux, c
 
         if size == 1:  # no vmap: a batched while loop (an adaptive ODE solve) costs more
-            self.evaluate = jax.jit(lambda X, p: jax.tree.map(lambda a: a[None], one(X[0], p)))
-        elif chunk is None or chunk >= size:
-            self.evaluate = jax.jit(jax.vmap(one, in_axes=(0, None)))
-        else:
-            self.evaluate = jax.jit(
-                lambda X, p: jax.lax.map(lambda x: one(x, p), X, batch_size=chunk)
-            )
+            return jax.jit(lambda X, p: jax.tree.map(lambda a: a[None], one(X[0], p)))
+        if chunk is None or chunk >= size:
+            return jax.jit(jax.vmap(one, in_axes=(0, None)))
+        return jax.jit(lambda X, p: jax.lax.map(lambda x: one(x, p), X, batch_size=chunk))
 
-    def __call__(self, X: np.ndarray, p: Any) -> tuple[Any, Any, Any]:
-        """Dispatch the evaluation of the rows of `X` (at most `size`); returns at once."""
-        b = X.shape[0]
-        if b < self.size:  # a partial batch: pad it, so no other size compiles
-            X = np.concatenate([X, np.repeat(X[-1:], self.size - b, axis=0)])
-        with float64(self.x64):
-            return self.evaluate(np.asarray(X, self.dtype), p)
-
-
-def jax_program(problem: OptimizationProblem, size: int, chunk: int | None, x64: bool):
-    """The `JaxProgram`, built once per (user function, sense, shapes of u0, size, chunk,
-    precision), so later solves never trace again."""
     leaves, treedef = jax.tree.flatten(problem.u0)
     key = (
         problem.sense, treedef, tuple(np.shape(x) for x in leaves), size,
         problem.has_constraints, chunk, x64,
     )
-    return cached(problem.f, "nevergrad", key, lambda: JaxProgram(problem, size, chunk, x64))
+    return cached(problem.f, "nevergrad", key, build)
 
 
 class JaxEvaluator:
-    """Up to `size` candidates in one jitted call of `fun` (and `cons`), vmapped over all of
-    them or over `chunk` at a time, dispatched asynchronously."""
+    """Up to `size` candidates in one jitted call of `fun` (and `cons`), dispatched
+    asynchronously; an objective that cannot be traced in float64 runs in JAX's default
+    precision (with a warning)."""
 
     def __init__(self, problem: OptimizationProblem, size: int, chunk: int | None) -> None:
         self.problem, self.sign, self.size, self.chunk = problem, problem.sense.sign, size, chunk
-        self.program = jax_program(problem, size, chunk, x64=True)
-        self.p = as_float64(problem.p)
+        self.x64, self.p, self.dtype = True, as_float64(problem.p), np.float64
+        self.program = _program(problem, size, chunk, x64=True)
 
     def start(self, X: np.ndarray) -> Pending:
+        b = X.shape[0]
+        if b < self.size:  # a partial batch: pad it, so no other size compiles
+            X = np.concatenate([X, np.repeat(X[-1:], self.size - b, axis=0)])
+
+        def dispatch() -> Any:
+            with float64(self.x64):
+                return self.program(np.asarray(X, self.dtype), self.p)
+
         try:
-            out = self.program(X, self.p)
+            out = dispatch()
         except (TypeError, ValueError) as err:  # not traceable in float64
-            if not self.program.x64:
+            if not self.x64:
                 raise
             unsupported(err)
-            self.program = jax_program(self.problem, self.size, self.chunk, x64=False)
-            self.p = self.problem.p
-            out = self.program(X, self.p)
-        return Pending(lambda: self._batch(X.shape[0], *out))
+            self.x64, self.p = False, self.problem.p
+            self.dtype = jnp.result_type(*jax.tree.leaves(to_device(self.problem.u0)))
+            self.program = _program(self.problem, self.size, self.chunk, x64=False)
+            out = dispatch()
+        return Pending(lambda: self._batch(b, *out))
 
     def _batch(self, b: int, loss: Any, aux: Any, cons: Any) -> Batch:
         loss, cons = jax.device_get((loss, cons))
         losses = np.asarray(loss, float)[:b]
         viol = None if cons is None else _violations(np.asarray(cons, float)[:b], self.problem)
-        if aux is not None and b < self.program.size:
+        if aux is not None and b < self.size:
             aux = jax.tree.map(lambda a: a[:b], aux)
         return Batch(losses, self.sign * losses, viol, aux)
 
@@ -264,15 +247,13 @@ class HostEvaluator:
     def start(self, X: np.ndarray) -> Pending:
         fun, p, us = self.problem.f.fun, self.problem.p, [self.space.tree(x) for x in X]
         if self.executor is None:
-            batch = self._batch(X, [_guarded("the objective fun(u, p) at a candidate", fun, u, p)
-                                    for u in us])
+            where = "the objective fun(u, p) at a candidate"
+            batch = self._batch(X, [_guarded(where, fun, u, p) for u in us])
             return Pending(lambda: batch)
         futures = tuple(self.executor.submit(fun, u, p) for u in us)
         where = "the objective fun(u, p) through the executor"
-        return Pending(
-            lambda: self._batch(X, [_guarded(where, future.result) for future in futures]),
-            futures,
-        )
+        outs = lambda: [_guarded(where, future.result) for future in futures]  # noqa: E731
+        return Pending(lambda: self._batch(X, outs()), futures)
 
     def _batch(self, X: np.ndarray, outs: list[Any]) -> Batch:
         values = [_scalar(out, self.problem.f.has_aux) for out in outs]

@@ -31,13 +31,10 @@ def _lenient_float(x: Any = 0.0) -> float:
 
 
 def _patch_metamodel() -> None:
-    """Give `nevergrad.optimization.metamodel` NumPy < 2.4's `float`.
-
-    `learn_on_k_best` converts `model.predict(...)`, a one-element array, with `float(...)`,
-    a TypeError since NumPy 2.4 (nevergrad 1.0.12, issue #1612) that escapes the metamodel's
-    own `MetaModelFailure` handling and kills every optimizer that consults a metamodel
-    (NGOpt on small continuous problems). Nevergrad's choices stay exactly as they were.
-    """
+    """Give `nevergrad.optimization.metamodel` NumPy < 2.4's `float`: `learn_on_k_best`
+    converts a one-element array with `float(...)`, a TypeError since NumPy 2.4 (nevergrad
+    1.0.12, issue #1612) that kills every optimizer consulting a metamodel (NGOpt on small
+    continuous problems). Nevergrad's choices stay exactly as they were."""
     from nevergrad.optimization import metamodel
 
     metamodel.float = _lenient_float  # module global; shadows the builtin there only
@@ -46,12 +43,10 @@ def _patch_metamodel() -> None:
 @contextlib.contextmanager
 def seeded_cma(seed: int | None) -> Iterator[None]:
     """Give every `cma.fmin` call without a seed, while the block runs, one drawn from
-    `seed` (nothing changes for `seed=None`).
-
-    Nevergrad's `CmaFmin2` (which NGOpt selects for some problems) calls `cma.fmin` without
-    a seed, and `cma` then seeds itself, and NumPy's global random state, from the clock.
-    A thread keeps drawing from the run it first called `cma.fmin` in (its restarts too).
-    """
+    `seed` (nothing changes for `seed=None`): Nevergrad's `CmaFmin2` (which NGOpt selects
+    for some problems) calls it without one, and `cma` then seeds itself, and NumPy's global
+    random state, from the clock. A thread keeps drawing from the run it first called
+    `cma.fmin` in (its restarts too)."""
     if seed is None:
         yield
         return

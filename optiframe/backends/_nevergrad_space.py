@@ -1,10 +1,7 @@
-"""The search space Nevergrad sees: `u0`'s flat vector, split into bounded, integer and free
-parts, and the way back from a candidate to a flat vector and to `u0`'s pytree.
-
-Nevergrad's optimizers work on the standardized concatenation of their parametrization's
-arrays, so the structure of `u0` does not change what they do; one flat array (or a few,
-when `u0` mixes integer and continuous entries or bounded and unbounded ones) keeps ask and
-tell as cheap as Nevergrad allows for any pytree, equinox modules included.
+"""The search space Nevergrad sees: `u0`'s flat vector as one `ng.p.Array` (or a few, when
+`u0` mixes integer and continuous or bounded and unbounded entries), which keeps ask and tell
+as cheap as Nevergrad allows for any pytree; Nevergrad's optimizers work on the standardized
+concatenation of the arrays, so the structure of `u0` does not change what they do.
 """
 
 from __future__ import annotations
@@ -25,13 +22,9 @@ _BOUNDS = ("none", "partial", "both")  # by the number of finite bounds of an en
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """Entries of the flat vector that one `ng.p.Array` holds.
-
-    Attributes:
-        index: their positions in the flat vector, increasing.
-        integer: rounded to integers (`set_integer_casting`).
-        bounds: "both" (finite lower and upper), "partial" (one side) or "none".
-    """
+    """Entries of the flat vector that one `ng.p.Array` holds: their positions (increasing),
+    whether they are integers (`set_integer_casting`), and which of their bounds are finite:
+    "both", "partial" (one side) or "none"."""
 
     index: np.ndarray
     integer: bool
@@ -53,7 +46,7 @@ class SearchSpace:
     Attributes:
         lb, ub, x0: (n,) float64: the bounds (rounded inwards for integer entries) and `u0`
             rounded and clipped into them.
-        tree: the flat vector (n,) as `u0`'s pytree with NumPy float64 leaves.
+        tree: a flat vector (n,) -> `u0`'s pytree with NumPy float64 leaves.
 
     Raises:
         InvalidProblemError: an integer entry whose bounds hold no integer.
@@ -67,9 +60,8 @@ class SearchSpace:
         lb, ub = (_flat(problem.lb), _flat(problem.ub)) if self.bounded else (
             np.full(n, -np.inf), np.full(n, np.inf)
         )
-        integer = np.zeros(n, bool)
-        if problem.integrality is not None:
-            integer = _flat(problem.integrality).astype(bool)
+        integer = np.zeros(n, bool) if problem.integrality is None else (
+            _flat(problem.integrality).astype(bool))
         self.lb = np.where(integer, np.ceil(lb), lb)
         self.ub = np.where(integer, np.floor(ub), ub)
         empty = np.flatnonzero(integer & (self.lb > self.ub))
@@ -90,16 +82,12 @@ class SearchSpace:
         self.single = len(self.groups) == 1 and self.dimension == n
 
     def parametrization(self, ng: Any, bounding: str) -> Any:
-        """A fresh Nevergrad parametrization of the space, valued at `u0`.
-
-        Arrays with both bounds start with Nevergrad's default step for a bounded array,
-        `sigma = (ub - lb) / 6`, use `bounding` and sample their initial populations over the
-        whole box (`full_range_sampling`); one-sided bounds are clipped (the only method
-        Nevergrad allows for them); unbounded arrays keep `sigma = 1`. With
-        `bounding="penalty"` the arrays carry no bounds: candidates are evaluated at their
-        projection onto the box and told their distance outside it (`box_violation`) as a
-        constraint violation.
-        """
+        """A fresh Nevergrad parametrization of the space, valued at `u0`. Arrays with both
+        bounds step `sigma = (ub - lb) / 6` (Nevergrad's default for a bounded array), use
+        `bounding` and sample initial populations over the whole box; one-sided bounds are
+        clipped (the only method Nevergrad allows). With `bounding="penalty"` the arrays carry
+        no bounds: candidates are evaluated at their projection onto the box and told their
+        distance outside it (`box_violation`) as a constraint violation."""
         if not self.groups:
             raise InvalidProblemError(
                 "`OptimizationProblem(lb=..., ub=...)` fixes every variable (lb == ub "

@@ -1,13 +1,9 @@
 """The Nevergrad backend: every optimizer of Nevergrad's registry behind `solve`.
 
-One run asks Nevergrad for candidates, evaluates them and tells Nevergrad every value
-until the evaluation budget (`maxiters`) is spent (`_nevergrad_eval`): a JAX objective
-(`ad="jax"`, the default) a batch at a time in one `jax.vmap`-ed, jitted float64 call, host
-code one candidate at a time or in parallel through an `executor`. Evaluations start as soon
-as their candidates are asked. The last evaluation of the budget goes to Nevergrad's
-recommendation; `sol.u` is the best point evaluated (for a deterministic objective). The run
-around the loop (callback, bar, clock, Ctrl-C, the solution) is the shared host lifecycle
-(`_host.HostRun`). See docs/nevergrad.md.
+A run asks Nevergrad for candidates, evaluates them (`_nevergrad_eval`: a JAX batch in one
+vmapped float64 call, host code per candidate or through an `executor`) and tells Nevergrad
+every value until the evaluation budget is spent; the callback, bar, clock, Ctrl-C and the
+solution are the shared host lifecycle (`_host.HostRun`). See docs/nevergrad.md.
 """
 
 from __future__ import annotations
@@ -53,12 +49,11 @@ DEFAULT_BOUNDING = {
     "other": "bouncing",
 }
 
-# Nevergrad's `tell(..., constraint_violation=v, penalty_style=(a, b, c, d, e, f))` adds
+# `tell(..., constraint_violation=v, penalty_style=(a, b, c, d, e, f))` adds the penalty
 # (a * [past half the budget] + max(loss, 0)) * (f + told) ** e * (b * sum(v ** c)) ** d.
-# Nevergrad's default (1e5, 1, 0.5, 1, 0.5, 1), a square root of the violation under a
-# weight growing with time, stalls CMA on Hock-Schittkowski 71 at 5-40 % above the optimum;
-# a fixed quadratic penalty (the sum of violations squared) with a weight of 1e4 from half
-# the budget reaches it (see docs/nevergrad.md).
+# Nevergrad's default (1e5, 1, 0.5, 1, 0.5, 1) stalls CMA on Hock-Schittkowski 71 at 5-40 %
+# above the optimum; the sum of violations squared, weighted 1e4 from half the budget on,
+# reaches it (see docs/nevergrad.md).
 PENALTY_STYLE = (1e4, 1.0, 1.0, 2.0, 0.0, 1.0)
 
 
@@ -73,21 +68,18 @@ def _must(valid: Callable[[Any], bool], expected: str) -> Callable[[str, str, An
 
 
 _FLAG = _must(lambda v: isinstance(v, bool), "True or False")
+_SIX_NUMBERS = lambda v: isinstance(v, (tuple, list)) and len(v) == 6 and all(
+    isinstance(a, (int, float)) and not isinstance(a, bool) for a in v
+)
 
 # The backend's own options: name -> (default, check(where, name, value)).
 _OPTIONS: dict[str, tuple[Any, Callable[[str, str, Any], Any]]] = {
-    "bounding": (None, _must(
-        lambda v: v is None or v in BOUNDINGS,
-        "None (the default for the optimizer's family) or one of "
-        + ", ".join(map(repr, BOUNDINGS)),
-    )),
+    "bounding": (None, _must(lambda v: v is None or v in BOUNDINGS, "None (the default for the "
+                             f"optimizer's family) or one of {', '.join(map(repr, BOUNDINGS))}")),
     "constraints": ("penalty", _must(lambda v: v in ("penalty", "cheap"), "'penalty' or 'cheap'")),
     "constraint_tol": (1e-6, number),
-    "penalty_style": (PENALTY_STYLE, _must(
-        lambda v: isinstance(v, (tuple, list)) and len(v) == 6
-        and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v),
-        "6 numbers (a, b, c, d, e, f) as Nevergrad's tell(penalty_style=...) takes them",
-    )),
+    "penalty_style": (PENALTY_STYLE, _must(_SIX_NUMBERS, "6 numbers (a, b, c, d, e, f) as "
+                                           "Nevergrad's tell(penalty_style=...) takes them")),
     "chunk": (None, functools.partial(count, optional=True)),
     "batch_mode": (True, _FLAG),
     "noisy": (False, _FLAG),
@@ -105,28 +97,12 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     return dict(options)
 
 
-def _import_nevergrad() -> Any:
-    try:
-        import nevergrad as ng
-    except ImportError as err:
-        raise UnsupportedFeatureError(
-            "opf.Nevergrad needs the nevergrad package: pip install 'optiframe[nevergrad]'."
-        ) from err
-    patch()
-    # Nevergrad's CMA tells the `cma` package points repaired into the bounds ("injected"),
-    # one ask at a time, and `cma` then warns about "orphanated injected solution"s: a
-    # notice about Nevergrad's calling pattern that a user cannot act on.
-    warnings.filterwarnings("ignore", message="orphanated injected solution", module="cma")
-    return ng
-
-
 class NevergradResult(NamedTuple):
     """`sol.original` of a Nevergrad run.
 
     Attributes:
-        recommendation: Nevergrad's recommendation (`optimizer.provide_recommendation()`),
-            an `ng.p.Parameter`; for a deterministic objective `sol.u` is instead the best
-            point evaluated, which can be better.
+        recommendation: Nevergrad's recommendation, an `ng.p.Parameter` (for a deterministic
+            objective `sol.u` is the best point evaluated, which can be better).
         recommended_u: the recommendation in `u0`'s structure (NumPy leaves).
         recommended_objective: `fun` at the recommendation (NaN if there is none or the run
             was interrupted).
@@ -189,17 +165,15 @@ class Nevergrad(Algorithm):
         executor: a `concurrent.futures.Executor` (a process pool, or a dask.distributed
             client's `get_executor()`) that evaluates `fun(u, p)` on NumPy, as Nevergrad's
             own `minimize(executor=...)` does, for objectives that are not JAX.
-        **options: `bounding` (None: the default of the optimizer's family, or one of
-            "bouncing", "clipping", "arctan", "tanh", "constraint", "penalty"),
-            `constraints` ("penalty", the default, or "cheap"), `constraint_tol` (1e-6),
-            `batch_mode` (True: with an executor, tell whole batches in asked order,
-            reproducibly; False: Nevergrad's steady state, tell each result as it arrives),
-            `noisy` (False; True: the objective is stochastic, `sol.u` is Nevergrad's
-            recommendation), `penalty_style` (see `PENALTY_STYLE`) and `chunk` (None: a
-            batch is one `jax.vmap`; an integer: vmap that many candidates at a time, the
-            chunks looped inside the same jitted call, which keeps a compute-bound
-            evaluation in cache and bounds memory). The same options may be given to
-            `solve`.
+        **options: also accepted by `solve`: `bounding` (None: the family's default, or one
+            of "bouncing", "clipping", "arctan", "tanh", "constraint", "penalty"),
+            `constraints` ("penalty" or "cheap"), `constraint_tol` (1e-6), `penalty_style`
+            (see `PENALTY_STYLE`), `batch_mode` (True: with an executor, tell whole batches
+            in asked order, reproducibly; False: Nevergrad's steady state, tell each result
+            as it arrives), `noisy` (True: a stochastic objective, `sol.u` is the
+            recommendation) and `chunk` (None: a batch is one `jax.vmap`; n: vmap n
+            candidates at a time, looped inside one jitted call, which keeps a compute-bound
+            evaluation in cache and bounds memory).
 
     Raises:
         InvalidProblemError: a bad `seed`, `num_workers`, `executor` or option.
@@ -216,15 +190,10 @@ class Nevergrad(Algorithm):
     options: Mapping[str, Any]
 
     def __init__(
-        self,
-        name: Any = "NGOpt",
-        *,
-        seed: int | None = None,
-        num_workers: int = 1,
-        executor: Any = None,
-        **options: Any,
+        self, name: Any = "NGOpt", *, seed: int | None = None, num_workers: int = 1,
+        executor: Any = None, **options: Any,
     ) -> None:
-        if _is_instance(name) or not (isinstance(name, str) or callable(name)):
+        if not isinstance(name, (str, type)) and (not callable(name) or hasattr(name, "ask")):
             raise _not_an_optimizer(name)
         if executor is not None and not callable(getattr(executor, "submit", None)):
             raise InvalidProblemError(
@@ -244,11 +213,7 @@ class Nevergrad(Algorithm):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            bounds=True,
-            constraints=True,
-            integrality=True,
-            data=False,
-            budget="evaluations",
+            bounds=True, constraints=True, integrality=True, budget="evaluations",
             needs_budget=True,
             keywords=frozenset(("maxiters", "maxtime", "callback", "progress", "save_best")),
         )
@@ -265,11 +230,8 @@ class Nevergrad(Algorithm):
         return f"Nevergrad({', '.join(extras)})"
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
-        settings = {
-            **{name: default for name, (default, _) in _OPTIONS.items()},
-            **self.options,
-            **_check_options(options.solver_options, "solve"),
-        }
+        defaults = {name: default for name, (default, _) in _OPTIONS.items()}
+        settings = {**defaults, **self.options, **_check_options(options.solver_options, "solve")}
         return _NevergradRun(self, problem, options, settings).solve()
 
 
@@ -279,33 +241,38 @@ def _display(obj: Any) -> str:
     return getattr(obj, "name", None) or repr(obj)
 
 
-def _is_instance(name: Any) -> bool:
-    """Whether `name` is an optimizer instance (asks and tells), not a class or a factory."""
-    return hasattr(name, "ask") and hasattr(name, "tell") and not isinstance(name, type)
-
-
 def _not_an_optimizer(name: Any) -> InvalidProblemError:
-    if _is_instance(name):
+    if hasattr(name, "ask") and not isinstance(name, type):
         return InvalidProblemError(
             f"`Nevergrad(name=...)` got an optimizer instance ({type(name).__name__}); pass "
             "its class or a configured optimizer instead: optiframe builds the optimizer "
             "from the problem (parametrization, budget, num_workers)."
         )
     return InvalidProblemError(
-        f"`Nevergrad(name={name!r})` must be a name in ng.optimizers.registry, an optimizer "
-        "class or a configured optimizer."
+        "`Nevergrad(name=...)` must be a name in ng.optimizers.registry, an optimizer class "
+        f"or a configured optimizer, got {type(name).__name__}."
     )
 
 
 def resolve_optimizer(name: Any) -> tuple[Any, str]:
-    """(the optimizer class or configured optimizer, its name) for `Nevergrad(name=...)`.
+    """(the optimizer class or configured optimizer, its name) for `Nevergrad(name=...)`;
+    imports and patches Nevergrad.
 
     Raises:
         InvalidProblemError: an unknown name (listing the close matches) or a bad object.
+        UnsupportedFeatureError: Nevergrad is not installed.
     """
-    ng = _import_nevergrad()
-    from nevergrad.optimization import base
-
+    try:
+        import nevergrad as ng
+        from nevergrad.optimization import base
+    except ImportError as err:
+        raise UnsupportedFeatureError(
+            "opf.Nevergrad needs the nevergrad package: pip install 'optiframe[nevergrad]'."
+        ) from err
+    patch()
+    # Nevergrad's CMA tells `cma` points repaired into the bounds ("injected") one ask at a
+    # time, and `cma` warns about "orphanated injected solution"s a user cannot act on.
+    warnings.filterwarnings("ignore", message="orphanated injected solution", module="cma")
     registry = ng.optimizers.registry
     if isinstance(name, str):
         listing = f"Nevergrad's {len(registry)} optimizers (ng.optimizers.registry)"
@@ -321,22 +288,17 @@ def family(factory: Any) -> str:
     """The family of a Nevergrad optimizer class or configured optimizer, the key of
     `DEFAULT_BOUNDING`."""
     from nevergrad.optimization import base, optimizerlib, recaster, recastlib
-    from nevergrad.optimization.differentialevolution import DifferentialEvolution
+    from nevergrad.optimization.differentialevolution import DifferentialEvolution as DE
 
-    if isinstance(factory, base.ConfiguredOptimizer):
-        test, kinds = isinstance, (
-            (optimizerlib.ParametrizedCMA, "CMA"),
-            (DifferentialEvolution, "DE"),
-            (optimizerlib.ConfPSO, "PSO"),
-            (optimizerlib.ParametrizedOnePlusOne, "OnePlusOne"),
-            (recastlib.NonObjectOptimizer, "recast"),
-        )
-    else:
-        test, kinds = issubclass, (
-            (optimizerlib.NGOptBase, "NGOpt"),
-            ((optimizerlib.MetaCMA, optimizerlib._CMA), "CMA"),
-            (recaster.RecastOptimizer, "recast"),
-        )
+    kinds = (  # optimizer classes and configured optimizers (factories) alike
+        (optimizerlib.NGOptBase, "NGOpt"),
+        ((optimizerlib.MetaCMA, optimizerlib._CMA, optimizerlib.ParametrizedCMA), "CMA"),
+        (DE, "DE"),
+        (optimizerlib.ConfPSO, "PSO"),
+        (optimizerlib.ParametrizedOnePlusOne, "OnePlusOne"),
+        ((recaster.RecastOptimizer, recastlib.NonObjectOptimizer), "recast"),
+    )
+    test = isinstance if isinstance(factory, base.ConfiguredOptimizer) else issubclass
     return next((key for kind, key in kinds if test(factory, kind)), "other")
 
 
@@ -344,38 +306,33 @@ def family(factory: Any) -> str:
 
 
 def _stop_threads(optimizer: Any, timeout: float = 1.0) -> None:
-    """Stop the background threads of recast optimizers anywhere inside `optimizer` and wait
-    (up to `timeout` seconds each) until they have ended, so a kept optimizer never blocks
-    the interpreter's exit and no thread of a finished run draws random numbers during the
-    next one."""
+    """Stop the threads of recast optimizers anywhere inside `optimizer` and join them (up
+    to `timeout` s each): a kept optimizer never blocks the interpreter's exit, and no
+    thread of a finished run draws random numbers during the next one."""
     from nevergrad.optimization import base
 
-    seen: set[int] = set()
-    stack = [optimizer]
+    seen, stack = set(), [optimizer]
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if isinstance(obj, base.Optimizer):
+        if isinstance(obj, (list, tuple, dict)):
+            stack.extend(obj.values() if isinstance(obj, dict) else obj)
+        elif isinstance(obj, base.Optimizer):
+            stack.extend(vars(obj).values())
             thread = getattr(obj, "_messaging_thread", None)
             if thread is not None:
                 thread.stop()
-                inner = getattr(thread, "_thread", None)  # the threading.Thread itself
-                if inner is not None:
-                    inner.join(timeout)
-            stack.extend(vars(obj).values())
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
+                if getattr(thread, "_thread", None) is not None:  # the threading.Thread
+                    thread._thread.join(timeout)
 
 
 def _wait(futures: list[Any], timeout: float) -> None:
     """Wait until one of `futures` is done or `timeout` seconds (inf: no limit) have passed:
     `concurrent.futures.wait`, or polling `done()` for futures of other kinds."""
-    limit = None if math.isinf(timeout) else timeout
     if all(isinstance(f, concurrent.futures.Future) for f in futures):
+        limit = None if math.isinf(timeout) else timeout
         concurrent.futures.wait(futures, limit, concurrent.futures.FIRST_COMPLETED)
         return
     deadline, pause = time.perf_counter() + timeout, 1e-4
@@ -391,18 +348,12 @@ class _Books:
     gevals = hevals = 0
 
     def __init__(self, problem: OptimizationProblem, space: SearchSpace) -> None:
-        self.problem, self.space = problem, space
         self.sign, self.fevals, self.nonfinite = problem.sense.sign, 0, 0
-
-    def u(self, x: np.ndarray) -> Any:
-        """`x` (n,) in `u0`'s structure, leaf types and dtypes."""
-        return restore_like(self.space.tree(x), self.problem.u0)
+        self.u = lambda x: restore_like(space.tree(x), problem.u0)  # (n,) -> u0's structure
 
 
 class _Started(NamedTuple):
-    """Candidates whose evaluation has started: their points (b, n), inside the box, how far
-    outside it Nevergrad's points lie (b,) with the "penalty" bounding (else None), and the
-    evaluation."""
+    """Candidates being evaluated, with their points and box violations (`_points`)."""
 
     candidates: list[Any]
     X: np.ndarray
@@ -442,11 +393,9 @@ class _NevergradRun(HostRun):
         ):
             if refused:
                 raise UnsupportedFeatureError(message)
-        default = "penalty" if problem.has_constraints and not self.cheap else None
-        self.bounding = settings["bounding"] or default or DEFAULT_BOUNDING[family(self.factory)]
-        self.penalised = (problem.has_constraints and not self.cheap) or (
-            self.bounding == "penalty" and problem.has_bounds
-        )
+        penalties = problem.has_constraints and not self.cheap  # constraints told as violations
+        self.bounding = settings["bounding"] or (
+            "penalty" if penalties else DEFAULT_BOUNDING[family(self.factory)])
         self.style = tuple(float(v) for v in settings["penalty_style"])
         # Candidates per evaluation call, started as soon as they are asked: a JAX call
         # takes the whole batch, host code and an executor one candidate.
@@ -528,12 +477,9 @@ class _NevergradRun(HostRun):
     def _search(self, optimizer: Any, budget: int) -> tuple[ReturnCode, str] | None:
         """Ask, evaluate and tell `budget` more candidates, `num_workers` at a time; None
         once they are told, else the verdict of a recast optimizer's own stopping rule.
-
-        In batches (the default) a batch is told whole, in asked order, once it is
-        evaluated: Nevergrad sees exactly the sequential ask-all, tell-all order. In
-        Nevergrad's steady state (`batch_mode=False`, with an executor) each result is told
-        as it arrives and a new candidate takes its worker (the order depends on timing).
-        """
+        In batches, each told whole in asked order (Nevergrad sees the sequential ask-all,
+        tell-all order); in the steady state (`batch_mode=False`), each result as it arrives,
+        a new candidate taking its worker."""
         steady, running, ended = not self.settings["batch_mode"], [], False
         try:
             while True:
@@ -543,22 +489,24 @@ class _NevergradRun(HostRun):
                     budget, ended = budget - asked, asked < room
                 if not running:
                     break
-                told, running = self._arrived(running) if steady else (running, [])
+                if steady:  # wait for the first result (or maxtime)
+                    _wait([f for s in running for f in s.pending.futures], self.clock.remaining())
+                    self.clock.check()
+                done = [not steady or s.pending.done() for s in running]
+                told = [s for s, d in zip(running, done) if d]
+                running = [s for s, d in zip(running, done) if not d]
                 self._tell(optimizer, told)
         finally:
             for started in running:
                 started.pending.cancel()
-        if not ended:
-            return None
-        return ReturnCode.Success, (
-            f"{self.selected}'s own stopping rule ended it after {self.objective.fevals} "
-            "evaluations"
-        )
+        fevals = self.objective.fevals
+        message = f"{self.selected}'s own stopping rule ended it after {fevals} evaluations"
+        return (ReturnCode.Success, message) if ended else None
 
     def _fill(self, optimizer: Any, room: int, running: list[_Started]) -> int:
-        """Ask up to `room` candidates (fewer once a recast optimizer's loop has ended) and
-        start evaluating each `per_call` of them as soon as they are asked, so Nevergrad's
-        asks overlap the evaluation of the earlier ones; returns how many were asked."""
+        """Ask up to `room` candidates (fewer once a recast optimizer's loop has ended),
+        starting the evaluation of each `per_call` as soon as they are asked, so that later
+        asks overlap it; returns how many were asked."""
         asked, chunk = 0, []
         while asked < room:
             candidate = self._ask(optimizer)
@@ -600,16 +548,6 @@ class _NevergradRun(HostRun):
         box = self.space.box_violation(raw) if self.bounding == "penalty" else None
         return np.clip(raw, self.space.lb, self.space.ub), box
 
-    def _arrived(self, running: list[_Started]) -> tuple[list[_Started], list[_Started]]:
-        """(the evaluations that have finished, in asked order; the others), once one has
-        (or `maxtime` is spent)."""
-        _wait([f for s in running for f in s.pending.futures], self.clock.remaining())
-        self.clock.check()
-        done = [s.pending.done() for s in running]
-        return (
-            [s for s, d in zip(running, done) if d], [s for s, d in zip(running, done) if not d]
-        )
-
     def _tell(self, optimizer: Any, started: list[_Started]) -> None:
         """Tell Nevergrad each evaluation of `started` as it ends, in order; then count them
         as one iteration: the best point, the bar, the callback, the clock."""
@@ -630,10 +568,8 @@ class _NevergradRun(HostRun):
         self.iterations += 1
         self.progress.show(self.objective.fevals, self.sign * self.best.loss)
         if self.options.callback is not None:
-            keys = [
-                (0, loss) if v <= self.tol else (1, v) if np.isfinite(loss) else (2, 0.0)
-                for loss, v in zip(batch.losses, worst)
-            ]
+            keys = [(0, loss) if v <= self.tol else (1, v) if np.isfinite(loss) else (2, 0.0)
+                    for loss, v in zip(batch.losses, worst)]
             i = min(range(len(keys)), key=keys.__getitem__)
             step = NevergradStep(
                 optimizer, [c for s in started for c in s.candidates],
@@ -648,17 +584,12 @@ class _NevergradRun(HostRun):
         self.clock.check()
 
     def _told_violations(self, batch: Batch, box: np.ndarray | None) -> np.ndarray | None:
-        """(b, m) the constraint violations Nevergrad is told (the constraints' past
-        `constraint_tol`, unless they are cheap; the distance outside the box with the
-        "penalty" bounding), or None when it is told none."""
-        if not self.penalised:
-            return None
-        parts = []
+        """(b, m) the violations Nevergrad is told: the constraints' past `constraint_tol`
+        (unless cheap), the distance outside the box (the "penalty" bounding); or None."""
+        parts = [] if box is None else [box[:, None]]
         if batch.violations is not None and not self.cheap:
-            parts.append(np.maximum(batch.violations - self.tol, 0.0))
-        if box is not None:
-            parts.append(box[:, None])
-        return np.minimum(np.concatenate(parts, axis=1), BAD_LOSS)
+            parts.insert(0, np.maximum(batch.violations - self.tol, 0.0))
+        return np.minimum(np.concatenate(parts, axis=1), BAD_LOSS) if parts else None
 
     def _count(self, X: np.ndarray, batch: Batch) -> np.ndarray:
         """Count the evaluations at the rows of `X` and offer each to the best point;
@@ -671,11 +602,9 @@ class _NevergradRun(HostRun):
         return worst
 
     def _last(self, optimizer: Any) -> tuple[ReturnCode, str] | None:
-        """The last evaluation of the budget: Nevergrad's recommendation, unless it is the
-        best candidate already (then one more candidate). CMA recommends the mean of its
-        search distribution and a metamodel the optimum of its fitted model, points never
-        evaluated that can beat every evaluated one. With `noisy=True` it is `sol.u`
-        whatever its value."""
+        """The budget's last evaluation: Nevergrad's recommendation (CMA's mean, a metamodel's
+        optimum: points never evaluated that can beat every candidate), unless it is the
+        best candidate already (then one more candidate). With `noisy=True` it is `sol.u`."""
         recommendation = self._guarded(optimizer.provide_recommendation)
         X, _ = self._points([recommendation])
         noisy = self.settings["noisy"]
@@ -719,18 +648,13 @@ class _NevergradRun(HostRun):
             ]
         if retcode is None:
             retcode, message = budget_message(self.options, self.alg.capabilities.budget)
-        return self.pack(result, x, loss, retcode, "; ".join([message, *notes]))
+        return self.pack(result, x, loss, retcode, "; ".join(m for m in [message, *notes] if m))
 
     def original(self, result: Any, x: np.ndarray, loss: float, message: str) -> Any:
-        recommendation = self.recommendation
+        rec = self.recommendation
+        u = None if rec is None else self.objective.u(self.space.flat(rec.value))
         return NevergradResult(
-            recommendation,
-            None if recommendation is None else self.objective.u(
-                self.space.flat(recommendation.value)
-            ),
-            self.recommended_objective,
-            self.optimizer,
-            self.selected,
+            rec, u, self.recommended_objective, self.optimizer, self.selected,
             self.objective.nonfinite,
         )
 
