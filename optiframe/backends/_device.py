@@ -238,11 +238,8 @@ class Program:
 
     def _step(self, carry: Carry, p: Any, consts: Any) -> tuple[Carry, Evaluation, jax.Array]:
         after, ev = self._iterate(carry, p, consts)
-        dtype = loss_dtype()
         added = after.counts[ITERATIONS] - carry.counts[ITERATIONS]
-        news = jnp.stack(
-            [self.sign * ev.loss.astype(dtype), added.astype(dtype), after.counts[STATUS].astype(dtype)]
-        )
+        news = jnp.stack([self.sign * ev.loss, added, after.counts[STATUS]]).astype(loss_dtype())
         ev = self._users(ev)._replace(loss=None, counts=None, status=None, at_state=None)
         return after, ev, news
 
