@@ -122,8 +122,8 @@ class DeviceMethod:
     # -- on the host
 
     def export(self, state: Any, steps: Any, best: tuple[Any, Any]) -> Any:
-        """`sol.state`, what `warm_start` continues, from the state, the iterations over
-        the warm-start chain and the best point and loss (`best_u` may be None)."""
+        """`sol.state` (what `warm_start` continues) from the state, the iterations over
+        the warm-start chain and (best point or None, best loss)."""
         return state
 
     def restore(self, public: Any) -> tuple[Any, Any, tuple[Any, Any] | None]:
@@ -144,8 +144,7 @@ class DeviceMethod:
         return after
 
     def result(self, state: Any, consts: Any, extra: Any) -> Any:
-        """`sol.original`, from the final state, the constants and the last `run`'s extra
-        output."""
+        """`sol.original` from the final state, the constants and `run`'s extra output."""
         return state
 
     def note(self, state: Any) -> str:
@@ -153,8 +152,7 @@ class DeviceMethod:
         return ""
 
     def verdict(self, status: int, state: Any, options: SolveOptions) -> tuple[ReturnCode, str]:
-        """The return code and message of one of the method's status codes; a message
-        names `{options.abstol}` or `{method....}`."""
+        """The return code and message of one of the method's status codes."""
         code, message = self.stops[status]
         return code, message.format(options=options, method=self)
 
@@ -175,15 +173,14 @@ class Spec:
 class Program:
     """The jitted functions of one (method, spec), built once per user function.
 
-    - `init(u, p, consts, steps) -> (carry, evaluation)`, `resume(state, steps) -> carry`;
-    - `step(carry, p, consts) -> (carry, evaluation, news)`: one iteration; the evaluation's
-      point, gradient (in the user's sign: `fun`, not `sign * fun`), aux and extra, and
-      `news`, what the host reads after each step in one transfer: [the objective in the
-      user's sign, the iterations it added, the status] (a value the carry also holds is
-      not returned twice: XLA copies it, at a cost of tens of µs a step);
+    - `init(u, p, consts, steps)`, `resume(state, steps, best)`: the first carry;
+    - `step(carry, p, consts) -> (carry, evaluation, news)`: one iteration, the evaluation
+      in the user's sign (`fun`, not `sign * fun`) without its loss, and `news`, all the
+      host reads per step in one transfer: [objective, iterations added, status] (XLA
+      copies a value returned twice, tens of µs a step);
     - `run(carry, limit, total, p, key, consts) -> (carry, extra)`: iterations until
-      `limit` iterations of this solve or a stop, then, at `total`, the loss at the final
-      point; for a `DataLoader`, `p` is its arrays and `key` its key (or None);
+      `limit` or a stop, then, at `total`, the loss at the final point; for a `DataLoader`,
+      `p` is its arrays and `key` its key (or None);
     - `final(carry, p, consts) -> carry`: the loss at the final point, recorded.
     """
 
@@ -250,10 +247,10 @@ class Program:
 
     def _finish(self, carry: Carry, p: Any, consts: Any, total: Any) -> Carry:
         """Record the loss at the final point once `total` iterations are done."""
-        c = carry.counts
-        due = (c[STATUS] == RUNNING) & (c[ITERATIONS] >= total) & ~jnp.isfinite(carry.losses[FINAL])
         if self.method.search:
             return carry
+        c = carry.counts
+        due = (c[STATUS] == RUNNING) & (c[ITERATIONS] >= total) & ~jnp.isfinite(carry.losses[FINAL])
         return jax.lax.cond(due, lambda c: self._final(c, p, consts), lambda c: c, carry)
 
     def _run(self, carry, limit, total, p, key, consts) -> tuple[Carry, Any]:
