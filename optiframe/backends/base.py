@@ -74,8 +74,9 @@ class SolveOptions:
 class Algorithm(abc.ABC):
     """An optimisation algorithm behind `solve`.
 
-    Subclasses are frozen dataclasses holding the algorithm's configuration only; per-run
-    state lives in the backend's `solve` and in `OptimizationSolution.state`.
+    Subclasses hold the algorithm's configuration only, checked when they are built and
+    not changed after; per-run state lives in the backend's `solve` and in
+    `OptimizationSolution.state`.
     """
 
     @property

@@ -135,7 +135,6 @@ def resolve_algorithm(name: Any) -> tuple[type, str]:
 # --------------------------------------------------------------------------- the algorithm
 
 
-@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class EvoSax(Algorithm):
     """Any evosax algorithm as an optiframe algorithm: the whole search on the device.
 
@@ -179,11 +178,6 @@ class EvoSax(Algorithm):
         >>> sol.u, sol.objective, sol.original.state
     """
 
-    name: Any
-    population_size: int | None
-    seed: int
-    options: Mapping[str, Any]
-
     def __init__(
         self, name: Any = "CMA_ES", *, population_size: int | None = None, seed: int = 0,
         **options: Any,
@@ -193,14 +187,10 @@ class EvoSax(Algorithm):
                 f"`EvoSax(name={name!r})` must be a name in evosax.algorithms.algorithms or "
                 "an evosax algorithm class."
             )
-        for field, value in (
-            ("name", name.strip() if isinstance(name, str) else name),
-            ("population_size", count("EvoSax", "population_size", population_size,
-                                      optional=True)),
-            ("seed", check_seed("EvoSax", seed)),
-            ("options", _check_options(options, "EvoSax")),
-        ):
-            object.__setattr__(self, field, value)
+        self.name = name.strip() if isinstance(name, str) else name
+        self.population_size = count("EvoSax", "population_size", population_size, optional=True)
+        self.seed = check_seed("EvoSax", seed)
+        self.options = _check_options(options, "EvoSax")
 
     @property
     def capabilities(self) -> Capabilities:

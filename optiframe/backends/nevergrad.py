@@ -9,7 +9,6 @@ solution are the shared host lifecycle (`_host.HostRun`). See docs/nevergrad.md.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import math
 import time
@@ -143,7 +142,6 @@ class NevergradStep(NamedTuple):
 # --------------------------------------------------------------------------- the algorithm
 
 
-@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class Nevergrad(Algorithm):
     """Any Nevergrad optimizer as an optiframe algorithm.
 
@@ -183,12 +181,6 @@ class Nevergrad(Algorithm):
         >>> sol.u, sol.objective, sol.original.recommendation
     """
 
-    name: Any
-    seed: int | None
-    num_workers: int
-    executor: Any
-    options: Mapping[str, Any]
-
     def __init__(
         self, name: Any = "NGOpt", *, seed: int | None = None, num_workers: int = 1,
         executor: Any = None, **options: Any,
@@ -200,15 +192,11 @@ class Nevergrad(Algorithm):
                 f"`Nevergrad(executor=...)` must have a submit(fn, *args) method (a "
                 f"concurrent.futures.Executor), got {type(executor).__name__}."
             )
-        options = _check_options(options, "Nevergrad")
-        for field, value in (
-            ("name", name.strip() if isinstance(name, str) else name),
-            ("seed", check_seed("Nevergrad", seed, optional=True)),
-            ("num_workers", count("Nevergrad", "num_workers", num_workers)),
-            ("executor", executor),
-            ("options", options),
-        ):
-            object.__setattr__(self, field, value)
+        self.name = name.strip() if isinstance(name, str) else name
+        self.seed = check_seed("Nevergrad", seed, optional=True)
+        self.num_workers = count("Nevergrad", "num_workers", num_workers)
+        self.executor = executor
+        self.options = _check_options(options, "Nevergrad")
 
     @property
     def capabilities(self) -> Capabilities:
