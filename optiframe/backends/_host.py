@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..derivatives import Derivatives, derivatives, finite_grad, finite_value, raise_host_error
-from ..errors import ObjectiveError, OptiframeError
+from ..errors import InvalidProblemError, ObjectiveError, OptiframeError
 from ..flat import host_unraveler, ravel, restore_like, to_device
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
@@ -368,6 +368,29 @@ class HostRun:
                     original=x if original is None else original,
                 ))
         self.clock.check()
+
+    def settings(
+        self, owner: str, given: dict[str, Any], sets: dict[str, str | None]
+    ) -> dict[str, Any]:
+        """The options of `owner` (a method's name): `given` (the algorithm's and `solve`'s)
+        and what the common keywords set, `sets` mapping a keyword ("maxiters") to its
+        option (or None).
+
+        Raises:
+            InvalidProblemError: a keyword that sets an option also given.
+        """
+        settings = dict(given)
+        for keyword, option in sets.items():
+            value = getattr(self.options, keyword)
+            if value is None or option is None:
+                continue
+            if option in given:
+                raise InvalidProblemError(
+                    f"`solve({keyword}=...)` sets {owner}'s `{option}`, which is given "
+                    f"as an option too ({option}={given[option]!r}); pass one of them."
+                )
+            settings[option] = value
+        return settings
 
     def solve(self) -> OptimizationSolution:
         self.progress = Progress(self.options.progress, self.options.maxiters)

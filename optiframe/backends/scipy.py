@@ -19,21 +19,14 @@ import numpy as np
 import scipy.optimize
 
 from .._checks import lookup
-from ..errors import InvalidProblemError
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
 from ._host import HostRun, flat_bounds
 from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
 
-OK, MAX, STALL, FAIL, INFEAS, TERM = (
-    ReturnCode.Success,
-    ReturnCode.MaxIters,
-    ReturnCode.Stalled,
-    ReturnCode.Failure,
-    ReturnCode.Infeasible,
-    ReturnCode.Terminated,
-)
+OK, MAX, STALL = ReturnCode.Success, ReturnCode.MaxIters, ReturnCode.Stalled
+FAIL, INFEAS, TERM = ReturnCode.Failure, ReturnCode.Infeasible, ReturnCode.Terminated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,31 +191,6 @@ class ScipyMinimize(Algorithm):
     def __hash__(self) -> int:
         return hash((self.spec.name, tuple(sorted(self.options))))
 
-    def settings(self, options: SolveOptions) -> dict[str, Any]:
-        """SciPy's `options=`: optiframe's defaults, the algorithm's options, `solve`'s,
-        and what the common keywords set.
-
-        Raises:
-            InvalidProblemError: an unknown option, or one a common keyword also sets.
-        """
-        spec = self.spec
-        given = {**self.options, **options.solver_options}
-        check_options(options.solver_options, spec.options, f"solve(..., **options) with {self!r}")
-        settings = {**spec.defaults, **given}
-        for keyword, option in (
-            ("maxiters", spec.maxiter), ("abstol", spec.abstol), ("reltol", spec.reltol)
-        ):
-            value = getattr(options, keyword)
-            if value is None:
-                continue
-            if option in given:
-                raise InvalidProblemError(
-                    f"`solve({keyword}=...)` sets {spec.name}'s `{option}`, which is given as "
-                    f"an option too ({option}={given[option]!r}); pass one of them."
-                )
-            settings[option] = value
-        return settings
-
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
         return _MinimizeRun(self, problem, options).solve()
 
@@ -258,7 +226,11 @@ class _MinimizeRun(HostRun):
 
     def minimize(self) -> scipy.optimize.OptimizeResult:
         spec, obj, problem = self.alg.spec, self.objective, self.problem
-        settings = self.alg.settings(self.options)
+        solver_options = self.options.solver_options
+        check_options(solver_options, spec.options, f"solve(..., **options) with {self.alg!r}")
+        given = {**self.alg.options, **solver_options}
+        sets = {"maxiters": spec.maxiter, "abstol": spec.abstol, "reltol": spec.reltol}
+        settings = {**spec.defaults, **self.settings(spec.name, given, sets)}
         kwargs: dict[str, Any] = {}
         if spec.grad:
             kwargs["jac"] = True

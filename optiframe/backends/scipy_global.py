@@ -16,7 +16,6 @@ import numpy as np
 import scipy.optimize
 
 from .._checks import seed as check_seed
-from ..errors import InvalidProblemError
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
 from ._host import HostRun, flat_bounds
@@ -91,18 +90,19 @@ class _Global(Algorithm):
 
     def settings(self, run: HostRun) -> dict[str, Any]:
         """SciPy's keyword arguments: the algorithm's options, `solve`'s, and `maxiters`."""
-        settings = {**self.options, **run.options.solver_options}
-        if run.options.maxiters is not None:
-            if self.maxiter in settings:
-                raise InvalidProblemError(
-                    f"`solve(maxiters=...)` sets {type(self).__name__}'s `{self.maxiter}`, "
-                    "which is given as an option too; pass one of them."
-                )
-            settings[self.maxiter] = run.options.maxiters
-        return settings
+        given = {**self.options, **run.options.solver_options}
+        return run.settings(type(self).__name__, given, {"maxiters": self.maxiter})
 
 
-class DifferentialEvolution(_Global):
+class _SeededGlobal(_Global):
+    """A global method with a random seed (SciPy's `rng`)."""
+
+    def __init__(self, seed: int | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.seed = check_seed(type(self).__name__, seed, optional=True)
+
+
+class DifferentialEvolution(_SeededGlobal):
     """`scipy.optimize.differential_evolution`. `maxiters` = generations.
 
     Args:
@@ -117,10 +117,6 @@ class DifferentialEvolution(_Global):
         ("maximum number of function evaluations", ReturnCode.MaxIters),
     )
 
-    def __init__(self, seed: int | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        self.seed = check_seed(type(self).__name__, seed, optional=True)
-
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         def callback(intermediate_result):
             run.iteration(intermediate_result.x, intermediate_result.fun)
@@ -131,7 +127,7 @@ class DifferentialEvolution(_Global):
         )
 
 
-class DualAnnealing(_Global):
+class DualAnnealing(_SeededGlobal):
     """`scipy.optimize.dual_annealing`; its local searches use JAX gradients.
     `maxiters` = annealing iterations.
 
@@ -145,10 +141,6 @@ class DualAnnealing(_Global):
         ("maximum number of iteration", ReturnCode.MaxIters),
         ("maximum number of function call", ReturnCode.MaxIters),
     )
-
-    def __init__(self, seed: int | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        self.seed = check_seed(type(self).__name__, seed, optional=True)
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
         obj = run.objective
@@ -207,7 +199,7 @@ class Direct(_Global):
         )
 
 
-class BasinHopping(_Global):
+class BasinHopping(_SeededGlobal):
     """`scipy.optimize.basinhopping`: random hops, each followed by a JAX-gradient L-BFGS-B
     local search (bounded when the problem has bounds, and hops clipped into the box).
     `maxiters` = hops (SciPy's `niter`).
@@ -220,10 +212,6 @@ class BasinHopping(_Global):
     function = staticmethod(scipy.optimize.basinhopping)
     maxiter, budget = "niter", "hops"
     messages = (("requested number of basinhopping iterations", ReturnCode.MaxIters),)
-
-    def __init__(self, seed: int | None = None, **options: Any) -> None:
-        super().__init__(**options)
-        self.seed = check_seed(type(self).__name__, seed, optional=True)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -252,8 +240,5 @@ class BasinHopping(_Global):
         )
 
 
-register("DifferentialEvolution", DifferentialEvolution)
-register("DualAnnealing", DualAnnealing)
-register("SHGO", SHGO)
-register("Direct", Direct)
-register("BasinHopping", BasinHopping)
+for _cls in (DifferentialEvolution, DualAnnealing, SHGO, Direct, BasinHopping):
+    register(_cls.__name__, _cls)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from typing import Any
 
@@ -26,7 +25,6 @@ _STATUS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
 class ScipyLeastSquares(Algorithm):
     """`scipy.optimize.least_squares` for problems posed as residuals.
 
@@ -43,17 +41,17 @@ class ScipyLeastSquares(Algorithm):
         **options: passed to SciPy (`loss`, `f_scale`, `x_scale`, ...).
     """
 
-    method: str = "trf"
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-
     def __init__(self, method: str = "trf", **options: Any) -> None:
         if method not in _METHODS:
             raise InvalidProblemError(
                 f"`ScipyLeastSquares(method={method!r})` must be 'trf', 'dogbox' or 'lm'."
             )
         check_options(options, _known(), "ScipyLeastSquares(...)")
-        object.__setattr__(self, "method", method)
-        object.__setattr__(self, "options", options)
+        self.method, self.options = method, options
+
+    def __repr__(self) -> str:
+        options = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"ScipyLeastSquares({self.method!r}{options})"
 
     @property
     def capabilities(self) -> Capabilities:
@@ -83,16 +81,8 @@ class _LeastSquaresRun(HostRun):
 
     def minimize(self) -> scipy.optimize.OptimizeResult:
         obj, options = self.objective, self.options
-        settings = {**self.alg.options, **options.solver_options}
-        for keyword, option in _KEYWORD_OPTIONS.items():
-            value = getattr(options, keyword)
-            if value is not None:
-                if option in settings:
-                    raise InvalidProblemError(
-                        f"`solve({keyword}=...)` sets least_squares' `{option}`, which is "
-                        "given as an option too; pass one of them."
-                    )
-                settings[option] = value
+        given = {**self.alg.options, **options.solver_options}
+        settings = self.settings("least_squares", given, _KEYWORD_OPTIONS)
         if self.alg.method != "lm":
             settings["callback"] = lambda intermediate_result: self.iteration(
                 intermediate_result.x, intermediate_result.cost
