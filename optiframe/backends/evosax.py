@@ -1,13 +1,10 @@
 """The evosax backend: evosax's evolution strategies and genetic algorithms behind `solve`.
 
-One generation asks the evosax algorithm for a population, clips it into the box (if any),
-evaluates it with one `jax.vmap` of the objective, tells the algorithm the fitness (a
-non-finite value told as worse than every finite value seen) and runs the stall tests:
-`EvoSaxMethod`, run by the shared on-device lifecycle (`_device.py`), so the whole search
-is one jitted `lax.while_loop` without a callback, and one generation per call with one.
-
-`maxiters` counts generations; `sol.u` is the best candidate evaluated and evosax's own
-state stays in `sol.original`. See docs/evosax.md.
+A generation (`EvoSaxMethod`, run by the shared on-device lifecycle, `_device.py`) asks
+evosax for a population, clips it into the box, evaluates it in one `jax.vmap`, tells the
+fitness (a non-finite value as worse than every finite one seen) and runs the stall tests.
+`maxiters` counts generations; `sol.u` is the best candidate evaluated, evosax's state is
+in `sol.original`. See docs/evosax.md.
 """
 
 from __future__ import annotations
@@ -46,8 +43,8 @@ class EvoSaxResult(NamedTuple):
 
     Attributes:
         state: the evosax state after the last generation told.
-        mean: the search distribution's mean in `u0`'s structure (evosax's
-            `get_mean`), or None for a population-based algorithm.
+        mean: the distribution's mean in `u0`'s structure (evosax's `get_mean`), or None
+            for a population-based algorithm.
         algorithm: the evosax algorithm object.
         params: the evosax params the run used (`default_params` with the options applied).
         nonfinite: how many evaluations of this solve returned NaN or inf.
@@ -105,11 +102,8 @@ def _check_options(options: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def resolve_algorithm(name: Any) -> tuple[type, str]:
-    """(the evosax algorithm class, its name) for `EvoSax(name=...)`.
-
-    Raises:
-        InvalidProblemError: an unknown name (listing the close matches) or a bad object.
-    """
+    """(the evosax algorithm class, its name) for `EvoSax(name=...)`; an unknown name
+    (listing the close matches) or a bad object raises `InvalidProblemError`."""
     try:
         from evosax import algorithms
         from evosax.algorithms.base import EvolutionaryAlgorithm
@@ -138,36 +132,29 @@ def resolve_algorithm(name: Any) -> tuple[type, str]:
 class EvoSax(Algorithm):
     """Any evosax algorithm as an optiframe algorithm: the whole search on the device.
 
-    `maxiters` is the number of generations; each evaluates `population_size` candidates
-    in one `jax.vmap` of the objective, so `sol.stats.fevals` is generations x population.
-    A population-based algorithm (PSO, DE, the GAs) spends its first generation on its
-    initial population: `u0` and `population_size - 1` draws, uniform in the box when every
-    bound is finite, else `u0 + init_std * N(0, I)`. A distribution-based one (CMA-ES, NES,
-    OpenES, ...) starts its mean at `u0`. `sol.u` is the best candidate evaluated.
-
-    Bounds: each asked candidate is clipped into the box before it is evaluated, and
-    evosax is told the clipped candidate, so the search learns from the points it evaluated.
-    Non-finite fitness values are told as worse than every finite value seen.
-
-    Convergence: with `abstol` (`reltol`), the run stops with `Success` when the best
-    objective has improved by at most `abstol` (`reltol * |best|`) over the last
-    `patience` generations.
+    `maxiters` counts generations of `population_size` candidates, evaluated in one
+    `jax.vmap` (`sol.stats.fevals` = generations x population). A population-based
+    algorithm (PSO, DE, the GAs) evaluates `u0` and `population_size - 1` draws first:
+    uniform in the box when every bound is finite, else `u0 + init_std * N(0, I)`; a
+    distribution-based one (CMA-ES, NES, OpenES, ...) starts its mean at `u0`. Candidates
+    are clipped into the box, evaluated and told clipped; a non-finite fitness is told as
+    worse than every finite one seen. With `abstol` (`reltol`) the run stops with `Success`
+    once the best objective improved by at most `abstol` (`reltol * |best|`) over the last
+    `patience` generations. `sol.u` is the best candidate evaluated. See docs/evosax.md.
 
     Args:
-        name: a name in `evosax.algorithms.algorithms` ("CMA_ES", "Sep_CMA_ES", "SNES",
-            "xNES", "Open_ES", "PGPE", "DifferentialEvolution", "PSO", "SimpleGA", ...; a
-            unique case-insensitive match or the class name is accepted), or an evosax
-            algorithm class.
-        population_size: candidates per generation (default: 4 + floor(3 ln n), made even
-            and at least 8, for n variables); for the Stein variational algorithms
-            (`SV_CMA_ES`, `SV_Open_ES`) the size of each of `num_populations` populations.
+        name: a key of `evosax.algorithms.algorithms` ("CMA_ES", "Sep_CMA_ES", "SNES",
+            "xNES", "Open_ES", "PGPE", "DifferentialEvolution", "PSO", "SimpleGA", ...),
+            its class name, a unique case-insensitive match, or an evosax algorithm class.
+        population_size: candidates per generation (default 4 + floor(3 ln n), made even
+            and at least 8, for n variables); for `SV_CMA_ES` and `SV_Open_ES`, per each
+            of `num_populations` populations.
         seed: the run's `jax.random.key`; the same seed gives the same result.
-        **options: the backend's own: `patience` (10 generations) and `init_std` (None:
-            see above); any other option configures the evosax algorithm: a constructor
-            argument (`num_diff=2` for DE, `optimizer=optax.adam(0.05)` for Open_ES, ...) or
-            a field of its `default_params` (`std_init=2.0`, `crossover_rate=0.5`, ...).
-            Unknown names are refused when the run starts. The same options may be given to
-            `solve`.
+        **options: the backend's `patience` (10 generations) and `init_std` (None: see
+            above); any other is an evosax constructor argument (`num_diff=2` for DE,
+            `optimizer=optax.adam(0.05)` for Open_ES) or a `default_params` field
+            (`std_init=2.0`, `crossover_rate=0.5`), else refused at the run's start.
+            `solve` takes them too.
 
     Raises:
         InvalidProblemError: a bad `population_size`, `seed` or option.
@@ -201,11 +188,8 @@ class EvoSax(Algorithm):
 
     def __repr__(self) -> str:
         name = self.name if isinstance(self.name, str) else self.name.__name__
-        extras = [repr(name)]
-        if self.population_size is not None:
-            extras.append(f"population_size={self.population_size}")
-        if self.seed:
-            extras.append(f"seed={self.seed}")
+        own = {"population_size": self.population_size, "seed": self.seed or None}
+        extras = [repr(name), *(f"{k}={v}" for k, v in own.items() if v is not None)]
         extras += [f"{k}={v!r}" for k, v in sorted(self.options.items())]
         return f"EvoSax({', '.join(extras)})"
 
@@ -224,8 +208,7 @@ class EvoSax(Algorithm):
         from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
 
         population_based = issubclass(cls, PopulationBasedAlgorithm)
-        # The options: the backend's own, evosax's constructor arguments, and (what is
-        # left in `settings`) fields of its params.
+        # Options: the backend's own, evosax's constructor arguments, the rest params fields.
         ours = {k: settings.pop(k, default) for k, default in _OPTIONS.items()}
         accepted = [k for k in inspect.signature(cls.__init__).parameters if k not in _RESERVED]
         ctor = {k: settings.pop(k) for k in accepted if k in settings}
@@ -239,28 +222,21 @@ class EvoSax(Algorithm):
         leaves, treedef = jax.tree.flatten(shapes)
         default = 4 + math.floor(3 * math.log(max(sum(x.size for x in leaves), 1)))
         size = self.population_size or max(8, default + default % 2)  # CMA-ES's, made even
-        box = problem.has_bounds and all(
+        init_box = population_based and ours["init_std"] is None and problem.has_bounds and all(
             np.all(np.isfinite(b)) for b in jax.tree.leaves((problem.lb, problem.ub))
         )
         stall = options.abstol is not None or options.reltol is not None
-        spec = SearchSpec(
-            population_based=population_based,
-            bounded=problem.has_bounds,
-            init_box=population_based and box and ours["init_std"] is None,
-            stall=stall,
-            patience=int(ours["patience"]) if stall else 1,
-        )
+        patience = int(ours["patience"]) if stall else 1
+        spec = SearchSpec(population_based, problem.has_bounds, init_box, stall, patience)
         key = (
             "evosax", cls, size, tuple((k, _frozen(v)) for k, v in sorted(ctor.items())),
             treedef, tuple((x.shape, x.dtype) for x in leaves), spec,
         )
-
-        def build() -> EvoSaxMethod:
-            algorithm = _algorithm(cls, size, ctor, shapes)
-            return EvoSaxMethod(algorithm, derivatives(problem.f, problem.sense), shapes, spec)
-
+        build = lambda: EvoSaxMethod(
+            _algorithm(cls, size, ctor, shapes), derivatives(problem.f, problem.sense), shapes, spec
+        )
         run = DeviceRun(self, problem, options, key, build)
-        params = _params(run.method.algorithm, settings, label, accepted + list(_OPTIONS))
+        params = _params(run.method, settings, label, accepted + list(_OPTIONS))
         dtype = loss_dtype()
         bounds = None if not problem.has_bounds else tuple(
             jax.tree.map(lambda b, x: jnp.broadcast_to(jnp.asarray(b, dtype), x.shape), b, shapes)
@@ -297,17 +273,9 @@ def _algorithm(cls: type, size: int, ctor: dict[str, Any], shapes: Any) -> Any:
         ) from err
 
 
-def _params(algorithm: Any, overrides: dict[str, Any], label: str, known: list[str]) -> Any:
-    """evosax's `default_params` with the options that name its fields applied.
-
-    The defaults (computed eagerly by evosax) are kept on the algorithm as strongly typed
-    arrays, so that overriding a field (a weakly typed Python float in the defaults) does
-    not change the compiled program's signature."""
-    if not hasattr(algorithm, "_optiframe_defaults"):
-        algorithm._optiframe_defaults = jax.tree.map(
-            lambda x: jnp.asarray(x, jnp.asarray(x).dtype), algorithm.default_params
-        )
-    params = algorithm._optiframe_defaults
+def _params(method: EvoSaxMethod, overrides: dict[str, Any], label: str, known: list[str]) -> Any:
+    """The method's `defaults` with the options that name their fields applied."""
+    params = method.defaults
     check_options(
         overrides, set(known) | {f.name for f in dataclasses.fields(params)},
         f"EvoSax({label!r}, ...)",
@@ -330,13 +298,12 @@ class SearchSpec:
     """The static settings an evosax program depends on (besides shapes).
 
     Attributes:
-        population_based: the algorithm's `init` takes an evaluated population (PSO, DE,
-            GAs) rather than a mean (CMA-ES, NES, ...).
+        population_based: `init` takes an evaluated population (PSO, DE, GAs), not a mean.
         bounded: clip asked candidates into `[lb, ub]`.
-        init_box: draw a population-based algorithm's first population uniformly in the
-            box (else around `u0` with standard deviation `init_std`).
+        init_box: draw the first population uniformly in the box (else around `u0`, with
+            standard deviation `init_std`).
         stall: the stall tests run (`abstol` and `reltol`; an unset one is -inf).
-        patience: the generations the stall tests look back over.
+        patience: the generations they look back over.
     """
 
     population_based: bool
@@ -372,22 +339,17 @@ class Search(NamedTuple):
 
 class EvoSaxMethod(DeviceMethod):
     """One generation of an evosax algorithm: ask, clip, evaluate (one `jax.vmap`), tell,
-    and the stall tests (`stops`).
-
-    The run's constants are `(bounds or None, params, tol (2,), init_std, seed key)`.
-    """
+    and the stall tests (`stops`). The run's constants are `(bounds or None, params,
+    tol (2,), init_std, seed key)`; `defaults` are evosax's `default_params` as strongly
+    typed arrays, so that an option overriding a (weakly typed) field compiles nothing."""
 
     search = True
     evaluates_start = True
     stops = {
-        ABSTOL: (ReturnCode.Success, (
-            "best objective improved by <= abstol={options.abstol} over the last "
-            "{method.spec.patience} generations"
-        )),
-        RELTOL: (ReturnCode.Success, (
-            "best objective improved by <= reltol={options.reltol} x |best| over the last "
-            "{method.spec.patience} generations"
-        )),
+        code: (ReturnCode.Success, f"best objective improved by <= {tol} over the last "
+               "{method.spec.patience} generations")
+        for code, tol in ((ABSTOL, "abstol={options.abstol}"),
+                          (RELTOL, "reltol={options.reltol} x |best|"))
     }
 
     def __init__(self, algorithm: Any, derivs: Derivatives, shapes: Any, spec: SearchSpec):
@@ -395,13 +357,14 @@ class EvoSaxMethod(DeviceMethod):
         # Stein variational algorithms run `num_populations` populations side by side.
         self.groups = getattr(algorithm, "num_populations", None)
         self.size = getattr(algorithm, "total_population_size", algorithm.population_size)
+        self.defaults = jax.tree.map(
+            lambda x: jnp.asarray(x, jnp.asarray(x).dtype), algorithm.default_params
+        )
 
     def point(self, state: Search) -> Any:
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.shapes)
 
-    def _search(
-        self, state: Any, key: Any, generation: Any, best: Any = jnp.inf, worst: Any = -jnp.inf
-    ) -> Search:
+    def _search(self, state, key, generation, best=jnp.inf, worst=-jnp.inf) -> Search:
         """A search at the start of a solve."""
         dtype, zero = loss_dtype(), jnp.zeros((), jnp.int32)
         return Search(
@@ -417,12 +380,9 @@ class EvoSaxMethod(DeviceMethod):
         tell: Callable[[Any, jax.Array], Any],
     ) -> tuple[Search, Evaluation]:
         """Evaluate `population` (one `jax.vmap`), tell evosax (`tell(population, fitness)`
-        gives its new state), count the generation, run the stall tests, and say what it
-        evaluated (its best candidate).
-
-        Fitness is `sign * fun` in the loss dtype; a non-finite value is told as `W + |W| + 1`,
-        `W` the worst finite fitness seen in the run, so it is worse than every finite value
-        seen and never enters an elite, a personal best or a DE population."""
+        gives its new state), run the stall tests; the evaluation is the best candidate.
+        Fitness is `sign * fun` in the loss dtype, a non-finite one told as `W + |W| + 1`
+        (`W` the worst finite fitness of the run)."""
         dtype, spec = loss_dtype(), self.spec
         evaluated = jax.tree.map(lambda x, s: x.astype(s.dtype), population, self.shapes)
         fitness, aux = jax.vmap(self.derivs.value_aux, in_axes=(0, None))(evaluated, p)
@@ -431,10 +391,8 @@ class EvoSaxMethod(DeviceMethod):
         worst = jnp.maximum(search.worst, jnp.max(jnp.where(finite, fitness, -jnp.inf)))
         bad = jnp.where(jnp.isfinite(worst), worst + jnp.abs(worst) + 1, 0.0)
         bad = jnp.where(jnp.isfinite(bad), bad, jnp.finfo(dtype).max)
-        state = tell(
-            jax.tree.map(lambda x: x.astype(dtype), evaluated),
-            jnp.where(finite, fitness, bad.astype(dtype)),
-        )
+        told = jax.tree.map(lambda x: x.astype(dtype), evaluated)
+        state = tell(told, jnp.where(finite, fitness, bad.astype(dtype)))
         masked = jnp.where(finite, fitness, jnp.inf)
         i = jnp.argmin(masked)
         best = jnp.minimum(search.best, masked[i])
@@ -460,8 +418,7 @@ class EvoSaxMethod(DeviceMethod):
 
     def init(self, u: Any, p: Any, consts: Any) -> tuple[Search, Evaluation | None]:
         bounds, params, tol, init_std, seed = consts
-        dtype = loss_dtype()
-        u = jax.tree.map(lambda x: x.astype(dtype), u)
+        u = jax.tree.map(lambda x: x.astype(loss_dtype()), u)
         init_key, run_key = jax.random.split(seed)
         search = self._search(None, run_key, 0)
         if not self.spec.population_based:
@@ -477,11 +434,9 @@ class EvoSaxMethod(DeviceMethod):
         return self._settled(search, p, consts), evaluation
 
     def _settled(self, search: Search, p: Any, consts: Any) -> Search:
-        """`search` with the types a generation gives back. evosax's `init` leaves some
-        leaves weakly typed (a counter from a Python 0) or in another dtype than its `tell`
-        returns (CMAAnchoredLES's float32 step size under JAX_ENABLE_X64): made alike here,
-        the fused loop accepts the state, and a fresh state and a stepped one hit the same
-        compiled code."""
+        """`search` with the leaf types a generation gives back (evosax's `init` leaves some
+        weakly typed, or CMAAnchoredLES's step size float32 under x64), so that the fused
+        loop accepts it and fresh and stepped states share compiled code."""
         out = jax.eval_shape(lambda s: self.step(s, p, consts)[0], search)
         return jax.tree.map(lambda x, s: jax.lax.convert_element_type(x, s.dtype), search, out)
 
@@ -523,16 +478,13 @@ class EvoSaxMethod(DeviceMethod):
         return search, public.generation, (public.best_u, best)
 
     def original(self, before: Search, after: Search, evaluation: Evaluation) -> EvoSaxStep:
-        population, fitness = evaluation.extra
-        sign = self.derivs.sign
-        return EvoSaxStep(
-            after.state, population, sign * np.asarray(fitness, float), float(sign * after.best)
-        )
+        (population, fitness), sign = evaluation.extra, self.derivs.sign
+        objectives = sign * np.asarray(fitness, float)
+        return EvoSaxStep(after.state, population, objectives, float(sign * after.best))
 
     def result(self, search: Search, consts: Any, extra: Any) -> EvoSaxResult:
-        mean = None
-        if not self.spec.population_based and hasattr(self.algorithm, "get_mean"):
-            mean = self.algorithm.get_mean(search.state)
+        distribution = not self.spec.population_based and hasattr(self.algorithm, "get_mean")
+        mean = self.algorithm.get_mean(search.state) if distribution else None
         return EvoSaxResult(search.state, mean, self.algorithm, consts[1], int(search.nonfinite))
 
     def note(self, search: Search) -> str:
