@@ -8,7 +8,6 @@ import time
 import warnings
 from typing import Any
 
-import jax
 import numpy as np
 import optax
 
@@ -18,19 +17,17 @@ from ..errors import OptiframeError
 from ..flat import ravel, restore_like, to_device
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode, Stats
-from .base import Algorithm, Capabilities, SolveOptions, register, resolve
+from ._host import flat_bounds
+from .base import COMMON_KEYWORDS, Algorithm, Capabilities, SolveOptions, register, resolve
 from .scipy import LBFGSB
 
 _SAMPLERS = ("sobol", "random")
 
 
 def _total(stats: list[Stats]) -> Stats:
-    return Stats(
-        iterations=sum(s.iterations for s in stats),
-        fevals=sum(s.fevals for s in stats),
-        gevals=sum(s.gevals for s in stats),
-        hevals=sum(s.hevals for s in stats),
-    )
+    """The runs' counts added up (not their times)."""
+    fields = ("iterations", "fevals", "gevals", "hevals")
+    return Stats(**{f: sum(getattr(s, f) for s in stats) for f in fields})
 
 
 def _forward(options: SolveOptions, **changes: Any) -> dict[str, Any]:
@@ -94,17 +91,15 @@ class MultiStart(Algorithm):
     def starts(self, problem: OptimizationProblem) -> list[Any]:
         """The starting points, as pytrees shaped like `u0`."""
         x0, unravel = ravel(to_device(problem.u0))
-        n = x0.size
         if self.sampler == "sobol":
             import scipy.stats
 
             with warnings.catch_warnings():  # Sobol' balance wants powers of 2; any n works
                 warnings.simplefilter("ignore")
-                unit = scipy.stats.qmc.Sobol(n, seed=self.seed).random(self.n_starts)
+                unit = scipy.stats.qmc.Sobol(x0.size, seed=self.seed).random(self.n_starts)
         else:
-            unit = np.random.default_rng(self.seed).uniform(size=(self.n_starts, n))
-        lb = np.concatenate([np.ravel(b) for b in jax.tree.leaves(problem.lb)])
-        ub = np.concatenate([np.ravel(b) for b in jax.tree.leaves(problem.ub)])
+            unit = np.random.default_rng(self.seed).uniform(size=(self.n_starts, x0.size))
+        lb, ub = flat_bounds(problem)
         points = lb + unit * (ub - lb)
         return [restore_like(unravel(np.asarray(x, x0.dtype)), problem.u0) for x in points]
 
@@ -123,10 +118,7 @@ class MultiStart(Algorithm):
                 keywords["maxtime"] = left
             return solve(prob, local, **keywords)
 
-        if self.executor is None:
-            runs = [run(prob) for prob in problems]
-        else:
-            runs = list(self.executor.map(run, problems))
+        runs = list((map if self.executor is None else self.executor.map)(run, problems))
         done = [sol for sol in runs if sol is not None]
         good = [
             sol for sol in done
@@ -162,22 +154,15 @@ class PolyOpt(Algorithm):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            bounds=True, data=True, needs=frozenset({"grad"}),
-            keywords=frozenset((
-                "maxiters", "maxtime", "abstol", "reltol", "callback", "epochs", "progress",
-                "save_best",
-            )),
-        )
+        keywords = frozenset(COMMON_KEYWORDS) - {"warm_start"}
+        return Capabilities(bounds=True, data=True, needs=frozenset({"grad"}), keywords=keywords)
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
         from ..solve import solve  # solve imports the backends: resolved at call time
 
-        if is_data_iterator(problem.p):
-            sol = solve(problem, optax.adam(self.learning_rate), **_forward(options))
-            return dataclasses.replace(sol, original=(sol,))
-        if problem.has_bounds:
-            sol = solve(problem, LBFGSB(), **_forward(options, maxiters=options.maxiters))
+        if is_data_iterator(problem.p) or problem.has_bounds:  # one phase
+            alg = optax.adam(self.learning_rate) if is_data_iterator(problem.p) else LBFGSB()
+            sol = solve(problem, alg, **_forward(options))
             return dataclasses.replace(sol, original=(sol,))
         total = options.maxiters
         adam_iters = self.default_maxiters if total is None else (total + 1) // 2

@@ -1,9 +1,8 @@
 """The optax backend: any `optax.GradientTransformation` behind `solve`.
 
-One iteration evaluates the loss and gradient at the current iterate, tests for a stop, and
-applies the optimizer's update (projected onto the bounds, if any): `OptaxMethod`, run by
-the shared on-device lifecycle (`_device.py`), which owns the loop, the callback, the data
-and the rest.
+One iteration evaluates the loss and gradient, tests for a stop and applies the optimizer's
+update, projected onto the bounds if any (`OptaxMethod`); the shared on-device lifecycle
+(`_device.py`) owns the loop, the callback, the data and the rest.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +18,6 @@ import optax
 
 from ..derivatives import Derivatives, derivatives
 from ..errors import OptiframeError
-from ..flat import to_device
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
 from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts, loss_dtype
@@ -46,10 +43,9 @@ class OptaxState(NamedTuple):
 
 
 def _fingerprint(obj: Any, memo: dict[int, Any] | None = None) -> Any:
-    """A hashable summary of how an optax transform was built: code objects and the
-    values they close over. Two `optax.adam(1e-3)` built apart have equal fingerprints, so
-    they share compiled code; anything not summarised by value is compared by identity
-    (the cached program keeps the transform, and so those objects, alive)."""
+    """A hashable summary of how an optax transform was built: code objects and the values
+    they close over, so two `optax.adam(1e-3)` built apart share compiled code. Anything
+    else is compared by identity (the cached program keeps it alive)."""
     memo = {} if memo is None else memo
     if id(obj) in memo:
         return memo[id(obj)]
@@ -64,19 +60,16 @@ def _fingerprint(obj: Any, memo: dict[int, Any] | None = None) -> Any:
     elif isinstance(obj, functools.partial):
         out = (functools.partial, fp(obj.func), fp(obj.args), fp(obj.keywords))
     elif isinstance(obj, types.FunctionType):
-        cells = tuple(_cell(cell) for cell in obj.__closure__ or ())
-        out = (obj.__code__, fp(obj.__defaults__), fp(obj.__kwdefaults__), fp(cells))
+        out = (obj.__code__, fp(obj.__defaults__), fp(obj.__kwdefaults__), fp(obj.__closure__))
+    elif isinstance(obj, types.CellType):
+        try:
+            out = fp(obj.cell_contents)
+        except ValueError:  # an empty cell
+            out = ("empty cell", id(obj))
     else:
         out = ("id", id(obj))
     memo[id(obj)] = out
     return out
-
-
-def _cell(cell: types.CellType) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # an empty cell
-        return ("empty cell", id(cell))
 
 
 _STRUCTURES: dict[Any, tuple[bool, bool]] = {}
@@ -106,8 +99,8 @@ class Optax(Algorithm):
     are returned.
 
     Convergence: `abstol` stops when the gradient's 2-norm (over all leaves) is at most
-    `abstol`; `reltol` stops when the loss changes by at most `reltol * |previous loss|`.
-    Either stop returns `Success`.
+    `abstol`; `reltol` when the loss changes by at most `reltol * |previous loss|`. Either
+    returns `Success`, with the iterate that passed the test (its update not applied).
 
     Args:
         transform: the optax optimizer.
@@ -144,10 +137,7 @@ class Optax(Algorithm):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            bounds=True,
-            data=not self.linesearch,
-            needs=frozenset({"grad"}),
-            needs_budget=True,
+            bounds=True, data=not self.linesearch, needs=frozenset({"grad"}), needs_budget=True,
             keywords=frozenset(COMMON_KEYWORDS),
         )
 
@@ -160,27 +150,19 @@ class Optax(Algorithm):
             options.solver_options, (), "solve(..., **options) with optax",
             "Configure the optimizer itself, e.g. optax.adam(learning_rate, b1=...).",
         )
+        bounded, lookahead, linesearch = problem.has_bounds, self.lookahead, self.linesearch
         spec = OptaxSpec(
-            lookahead=self.lookahead,
-            linesearch=self.linesearch,
-            reuse_value=(
-                self.linesearch and not self.lookahead and not problem.has_bounds
-                and not problem.f.has_aux
-            ),
-            bounded=problem.has_bounds,
-            abstol=options.abstol is not None,
-            reltol=options.reltol is not None,
+            lookahead, linesearch,
+            reuse_value=linesearch and not (lookahead or bounded or problem.f.has_aux),
+            bounded=bounded, abstol=options.abstol is not None, reltol=options.reltol is not None,
         )
-        bounds = None
-        if problem.has_bounds:
-            u = to_device(problem.u0)
-            bounds = tuple(
-                jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), bound, u)
-                for bound in (problem.lb, problem.ub)
-            )
-        tol = jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], loss_dtype())
         build = lambda: OptaxMethod(self, derivatives(problem.f, problem.sense), spec)  # noqa: E731
         run = DeviceRun(self, problem, options, ("optax", self.fingerprint, spec), build)
+        bounds = None if not bounded else tuple(
+            jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), bound, run.u)
+            for bound in (problem.lb, problem.ub)
+        )
+        tol = jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], loss_dtype())
         return run.solve((bounds, tol))
 
 
@@ -196,8 +178,7 @@ class OptaxSpec:
 
     Attributes:
         lookahead: params are `optax.LookaheadParams`; gradients at the fast weights.
-        linesearch: the optimizer runs a line search (its evaluations are counted, and
-            with `reuse_value` its stored value and gradient are used for the next step).
+        linesearch: the optimizer runs a line search (its evaluations are counted).
         reuse_value: take the loss and gradient from the line search's state.
         bounded: project onto `[lb, ub]` after each update.
         abstol, reltol: which convergence tests run.
@@ -212,13 +193,9 @@ class OptaxSpec:
 
 
 class OptaxMethod(DeviceMethod):
-    """One optax iteration. The state is `(params, opt_state, previous loss)`, the previous
-    loss None without `reltol` (a copy of the loss the loop records costs time every step).
-
-    `abstol` stops when the gradient's 2-norm (over all leaves) is at most `abstol`; `reltol`
-    when the loss changes by at most `reltol * |previous loss|`. A stop keeps the iterate
-    that passed the test: its update is not applied.
-    """
+    """One optax iteration (the stops: see `Optax`). The state is `(params, opt_state,
+    previous loss)`, the previous loss None without `reltol` (a copy of the loss the loop
+    records costs time every step)."""
 
     stops = {
         ABSTOL: (ReturnCode.Success, "gradient norm <= abstol={options.abstol}"),
@@ -236,8 +213,7 @@ class OptaxMethod(DeviceMethod):
 
     def point(self, state: Any) -> Any:
         """What the user gets back: the slow weights under lookahead."""
-        params = state[0]
-        return params.slow if self.spec.lookahead else params
+        return state[0].slow if self.spec.lookahead else state[0]
 
     def init(self, u: Any, p: Any, consts: Any) -> tuple[Any, None]:
         params = optax.LookaheadParams.init_synced(u) if self.spec.lookahead else u
@@ -246,10 +222,9 @@ class OptaxMethod(DeviceMethod):
     def _no_loss(self) -> Any:
         return jnp.asarray(jnp.inf, loss_dtype()) if self.spec.reltol else None
 
-    def _evaluate(self, state: Any, p: Any) -> tuple[Any, Any, Any, Any]:
-        """(loss, aux, grad, fresh evaluations) at the state's evaluation point; with
-        `reuse_value`, the line search's stored value and gradient where it has them."""
-        point = self._eval_point(state[0])
+    def _evaluate(self, point: Any, opt_state: Any, p: Any) -> tuple[Any, Any, Any, Any]:
+        """(loss, aux, grad, fresh evaluations) at `point`; with `reuse_value`, the line
+        search's stored value and gradient where it has them."""
 
         def evaluate():
             (loss, aux), grad = self.derivs.value_and_grad(point, p)
@@ -257,32 +232,24 @@ class OptaxMethod(DeviceMethod):
 
         if not self.spec.reuse_value:
             return *evaluate(), 1
-        stored = _linesearch_states(state[1])[0]
+        stored = _linesearch_states(opt_state)[0]
         have = jnp.isfinite(stored.value)
         loss, grad = jax.lax.cond(
-            have,
-            lambda: (stored.value.astype(loss_dtype()), stored.grad),
-            lambda: (lambda loss, aux, grad: (loss, grad))(*evaluate()),
+            have, lambda: (stored.value.astype(loss_dtype()), stored.grad), lambda: evaluate()[::2]
         )
         return loss, None, grad, jnp.where(have, 0, 1)
 
     def _update(self, state: Any, grad: Any, loss: Any, p: Any, bounds: Any):
         """(params, opt_state, line-search fevals, line-search gevals) after one update."""
         (params, opt_state, _), tx = state, self.transform
-        if isinstance(tx, optax.GradientTransformationExtraArgs):
-            value_fn = lambda w: self.derivs.value(w, p)  # noqa: E731
-            updates, opt_state = tx.update(
-                grad, opt_state, params, value=loss, grad=grad, value_fn=value_fn
-            )
-        else:
-            updates, opt_state = tx.update(grad, opt_state, params)
+        extra = {} if not isinstance(tx, optax.GradientTransformationExtraArgs) else dict(
+            value=loss, grad=grad, value_fn=lambda w: self.derivs.value(w, p)
+        )
+        updates, opt_state = tx.update(grad, opt_state, params, **extra)
         params = optax.apply_updates(params, updates)
         if self.spec.bounded:
             project = lambda x: optax.projections.projection_box(x, *bounds)  # noqa: E731
-            if self.spec.lookahead:
-                params = optax.LookaheadParams(project(params.fast), project(params.slow))
-            else:
-                params = project(params)
+            params = type(params)(*map(project, params)) if self.spec.lookahead else project(params)
         fevals = gevals = jnp.zeros((), jnp.int32)
         for node in _linesearch_states(opt_state) if self.spec.linesearch else ():
             count = node.info.num_linesearch_steps.astype(jnp.int32)
@@ -295,7 +262,8 @@ class OptaxMethod(DeviceMethod):
 
     def step(self, state: Any, p: Any, consts: Any) -> tuple[Any, Evaluation]:
         spec, (bounds, tol), previous = self.spec, consts, state[2]
-        loss, aux, grad, fresh = self._evaluate(state, p)
+        point = self._eval_point(state[0])
+        loss, aux, grad, fresh = self._evaluate(point, state[1], p)
         finite = jnp.isfinite(loss)
         status = jnp.asarray(RUNNING, jnp.int32)
         if spec.abstol:
@@ -310,16 +278,11 @@ class OptaxMethod(DeviceMethod):
         if stops:  # keep the iterate that passed the test
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)  # noqa: E731
             params, opt_state = keep((params, opt_state), state[:2])
-        n = sum(x.size for x in jax.tree.leaves(self._eval_point(state[0])))
-        cost = self.derivs.fevals_per("value_and_grad", n)
+        cost = self.derivs.fevals_per("value_and_grad", sum(x.size for x in jax.tree.leaves(point)))
         go_ = go.astype(jnp.int32)
         evaluation = Evaluation(
-            u=self._eval_point(state[0]),
-            loss=loss,
-            grad=grad,
-            aux=aux,
+            u=point, loss=loss, grad=grad, aux=aux, status=status,
             counts=counts(go_, fresh * cost + go_ * ls_fevals, fresh + go_ * ls_gevals),
-            status=status,
             at_state=~go & stops & (not spec.lookahead),
         )
         return (params, opt_state, loss if spec.reltol else None), evaluation
@@ -331,8 +294,7 @@ class OptaxMethod(DeviceMethod):
         return OptaxState(state[0], state[1], steps)
 
     def restore(self, public: OptaxState) -> tuple[Any, Any, None]:
-        state = (public.params, public.opt_state, self._no_loss())
-        return state, public.steps, None
+        return (public.params, public.opt_state, self._no_loss()), public.steps, None
 
     def original(self, before: Any, after: Any, evaluation: Evaluation) -> Any:
         return before[1]
@@ -342,23 +304,17 @@ class OptaxMethod(DeviceMethod):
 
 
 @functools.cache
-def _named(factory: Callable[..., optax.GradientTransformation], name: str, **defaults: Any):
+def _named(name: str, learning_rate: float | None) -> Optax:
     """One instance per registered name, so repeated solves reuse compiled code."""
-    return Optax(factory(**defaults), name=name)
+    defaults = {} if learning_rate is None else {"learning_rate": learning_rate}
+    return Optax(getattr(optax, name)(**defaults), name=name)
 
 
 register_adapter(lambda alg: isinstance(alg, optax.GradientTransformation), Optax)
-for _name, _factory, _defaults in (
-    ("adam", optax.adam, dict(learning_rate=1e-3)),
-    ("adamw", optax.adamw, dict(learning_rate=1e-3)),
-    ("sgd", optax.sgd, dict(learning_rate=1e-2)),
-    ("lion", optax.lion, dict(learning_rate=1e-4)),
-    ("radam", optax.radam, dict(learning_rate=1e-3)),
-    ("rmsprop", optax.rmsprop, dict(learning_rate=1e-3)),
-    ("adagrad", optax.adagrad, dict(learning_rate=1e-2)),
-    ("yogi", optax.yogi, dict(learning_rate=1e-2)),
-    ("lbfgs", optax.lbfgs, {}),
-):
-    _make = functools.partial(_named, _factory, _name, **_defaults)
+for _name, _rate in dict(  # each registered name's default learning rate
+    adam=1e-3, adamw=1e-3, sgd=1e-2, lion=1e-4, radam=1e-3, rmsprop=1e-3, adagrad=1e-2,
+    yogi=1e-2, lbfgs=None,
+).items():
+    _make = functools.partial(_named, _name, _rate)
     register(_name, _make)
     register(f"optax:{_name}", _make)
