@@ -69,6 +69,22 @@ def test_lbfgs_counts_every_line_search_evaluation():
     assert sol.stats.gevals == sol.stats.fevals - 1  # all but the final value carry a gradient
 
 
+def test_backtracking_line_search_without_stored_gradient_counts_its_evaluations():
+    calls = np.zeros(1, int)
+
+    def fun(u, p):
+        jax.debug.callback(lambda: calls.__iadd__(1))
+        return quadratic(u, p)
+
+    prob = opf.OptimizationProblem(fun, QUADRATIC.u0, QUADRATIC.p)
+    tx = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(10))
+    sol = opf.solve(prob, tx, maxiters=50)
+    jax.effects_barrier()
+    assert sol.stats.iterations == 50
+    assert sol.stats.fevals == int(calls[0])
+    assert max_error(sol.u, QUADRATIC.u_star) < 1e-3
+
+
 def test_reltol_stops_with_success():
     sol = opf.solve(make(QUADRATIC), optax.sgd(0.1), maxiters=10_000, reltol=1e-3)
     assert sol.retcode is opf.ReturnCode.Success

@@ -230,9 +230,9 @@ class OptaxMethod(DeviceMethod):
             (loss, aux), grad = self.derivs.value_and_grad(point, p)
             return jnp.asarray(loss, loss_dtype()), aux, grad
 
-        if not self.spec.reuse_value:
+        stored = _linesearch_states(opt_state)[0] if self.spec.reuse_value else None
+        if stored is None or stored.grad is None:  # a backtracking search without store_grad
             return *evaluate(), 1
-        stored = _linesearch_states(opt_state)[0]
         have = jnp.isfinite(stored.value)
         loss, grad = jax.lax.cond(
             have, lambda: (stored.value.astype(loss_dtype()), stored.grad), lambda: evaluate()[::2]
