@@ -267,15 +267,21 @@ def test_a_tolerance_a_method_lacks_is_refused(method, keyword):
         opf.solve(make(QUADRATIC), opf.ScipyMinimize(method), **{keyword: 1e-6})
 
 
-def test_tolerances_reach_scipys_options(monkeypatch):
-    seen = {}
+@pytest.fixture
+def seen(monkeypatch):
+    """The `options=` that `scipy.optimize.minimize` receives, updated at every call."""
+    options = {}
     real = scipy.optimize.minimize
 
     def spy(*args, **kwargs):
-        seen.update(kwargs["options"])
+        options.update(kwargs["options"])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(scipy.optimize, "minimize", spy)
+    return options
+
+
+def test_tolerances_reach_scipys_options(seen):
     opf.solve(make(QUADRATIC), opf.LBFGSB(maxcor=5), maxiters=7, abstol=1e-3, reltol=1e-4)
     assert seen == {"maxcor": 5, "maxiter": 7, "gtol": 1e-3, "ftol": 1e-4}
     opf.solve(make(QUADRATIC), opf.TNC(), maxiters=9)
@@ -560,15 +566,7 @@ def test_ctrl_c_inside_a_finite_difference_objective_returns_the_best_iterate(al
 # --------------------------------------------------------------------------- options
 
 
-def test_solver_options_take_effect_and_unknown_ones_are_errors(monkeypatch):
-    seen = {}
-    real = scipy.optimize.minimize
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs["options"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(scipy.optimize, "minimize", spy)
+def test_solver_options_take_effect_and_unknown_ones_are_errors(seen):
     opf.solve(make(ROSENBROCK), opf.LBFGSB(), ftol=0.5, gtol=1e-3, maxcor=4)
     assert seen == {"ftol": 0.5, "gtol": 1e-3, "maxcor": 4}
     with pytest.raises(opf.InvalidProblemError, match=r"unknown option\(s\) 'foo'"):
@@ -579,15 +577,7 @@ def test_solver_options_take_effect_and_unknown_ones_are_errors(monkeypatch):
         opf.solve(make(ROSENBROCK), opf.LBFGSB(), reltol=1e-3, ftol=1e-4)
 
 
-def test_nelder_mead_defaults_find_the_optimum(monkeypatch):
-    seen = {}
-    real = scipy.optimize.minimize
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs["options"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(scipy.optimize, "minimize", spy)
+def test_nelder_mead_defaults_find_the_optimum(seen):
     prob = opf.OptimizationProblem(jax_rosenbrock, jnp.zeros(4))
     sol = opf.solve(prob, opf.NelderMead())
     assert seen == {"maxiter": 10**6, "maxfev": 10**6, "xatol": 1e-8, "fatol": 1e-8}
