@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:
           f"{version('nevergrad')}, backend {jax.default_backend()} "
           f"({jax.devices()[0].device_kind})")
     if args.quick:
-        small = lambda: mlp_problem(500, 8)  # noqa: E731
+        small = lambda: mlp_problem(500, 8)
         results = case("MLP 500 samples", small, 8, 3, 1, True, 0.1)
     else:
         nevergrad = not args.no_nevergrad

@@ -229,10 +229,10 @@ def batching_case(
                     opt.tell(c, evaluate(space.flat(c.value)))
                 done += len(cands)
 
-        one = lambda: loop(lambda x: float(single(space.tree(x), p)))  # noqa: E731
-        free = lambda: loop(lambda x: 0.0)  # noqa: E731
+        one = lambda: loop(lambda x: float(single(space.tree(x), p)))
+        free = lambda: loop(lambda x: 0.0)
         alg = opf.Nevergrad("TwoPointsDE", seed=0, num_workers=k, chunk=chunk)
-        batched = lambda alg=alg: opf.solve(prob, alg, maxiters=budget)  # noqa: E731
+        batched = lambda alg=alg: opf.solve(prob, alg, maxiters=budget)
         for run in (one, free, batched):
             run()
         times: dict[str, list[float]] = {"one": [], "free": [], "batched": []}

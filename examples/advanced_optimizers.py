@@ -79,7 +79,7 @@ def compare(epochs: int) -> dict[str, tuple[list[float], float]]:
     results = {}
     for name, alg in optimizers(epochs * len(loader)).items():
         history: list[float] = []
-        record = lambda state, loss, history=history: history.append(loss)  # noqa: E731
+        record = lambda state, loss, history=history: history.append(loss)
         if name in FULL_BATCH_ONLY:
             prob = opf.OptimizationProblem(objective, u0, (x, y))
             sol = opf.solve(prob, alg, maxiters=epochs * len(loader), callback=record)

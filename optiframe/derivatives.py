@@ -171,7 +171,7 @@ def _derived(
         return jax.hessian(lambda x: value(unravel(x), p))(x)
 
     def hvp(u, v, p):
-        grad = lambda w: jax.grad(value)(w, p)  # noqa: E731
+        grad = lambda w: jax.grad(value)(w, p)
         return jax.jvp(grad, (u,), (v,))[1]
 
     derived = dict(

@@ -218,7 +218,7 @@ def test_finite_differences_answer_and_a_supplied_gradient_wins():
     value, _ = f.value_and_grad(U, np.asarray(P))
     np.testing.assert_allclose(value, rosenbrock(U, P), rtol=1e-5)
     np.testing.assert_allclose(f.hess(U, np.asarray(P)), rosenbrock_hess(U), rtol=2e-2)
-    exact = lambda u, p: jnp.array(rosenbrock_grad(np.zeros(2)))  # noqa: E731
+    exact = lambda u, p: jnp.array(rosenbrock_grad(np.zeros(2)))
     g = opf.OptimizationFunction(numpy_rosenbrock, ad="finite", grad=exact)
     np.testing.assert_allclose(g.grad(U, np.asarray(P)), rosenbrock_grad(np.zeros(2)))
     assert derivatives(g, opf.MinSense).fevals_per("value_and_grad", 2) == 1
@@ -248,7 +248,7 @@ def test_missing_constraint_derivatives_raise_naming_the_fix():
 
 
 def test_answers_for_a_pytree_and_with_aux():
-    fun = lambda u, p: u["a"] ** 2 * u["b"][0] + jnp.sum(u["b"] ** 3)  # noqa: E731
+    fun = lambda u, p: u["a"] ** 2 * u["b"][0] + jnp.sum(u["b"] ** 3)
     u = {"a": jnp.array(2.0), "b": jnp.array([1.0, 3.0])}
     f = opf.OptimizationFunction(lambda u, p: (fun(u, p), {"b": u["b"]}), has_aux=True)
     g = f.grad(u, None)

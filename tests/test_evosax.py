@@ -170,7 +170,7 @@ def test_stall_tests_stop_with_success_at_the_documented_generation(keyword):
     tol = 1e-2 if keyword == "abstol" else 0.5
     rule = (lambda b: tol) if keyword == "abstol" else (lambda b: tol * abs(b))
     best = []
-    callback = lambda s, loss: best.append(s.original.best_objective)  # noqa: E731
+    callback = lambda s, loss: best.append(s.original.best_objective)
     stepwise = opf.solve(rastrigin(), alg, maxiters=200, callback=callback, **{keyword: tol})
     fused = opf.solve(rastrigin(), alg, maxiters=200, **{keyword: tol})
     for sol in (stepwise, fused):

@@ -296,7 +296,7 @@ def test_save_best_returns_the_lowest_objective_seen(name):
     seen = []
     callback = None
     if "callback" in alg.capabilities.keywords:
-        callback = lambda state, loss: seen.append(loss)  # noqa: E731
+        callback = lambda state, loss: seen.append(loss)
     last = opf.solve(problem(name), alg, maxiters=8)
     best = opf.solve(problem(name), alg, maxiters=8, save_best=True, callback=callback)
     assert best.objective <= last.objective + 1e-9

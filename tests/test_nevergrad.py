@@ -81,7 +81,7 @@ def test_search_methods_on_rastrigin(name):
 def test_sol_u_is_the_best_point_evaluated_the_recommendation_included():
     prob = sphere_problem()
     seen = []
-    callback = lambda state, loss: seen.extend(state.original.objectives)  # noqa: E731
+    callback = lambda state, loss: seen.extend(state.original.objectives)
     sol = opf.solve(prob, opf.Nevergrad("CMA", seed=1), maxiters=1500, callback=callback)
     # CMA recommends the mean of its search distribution, never evaluated: the budget's
     # last evaluation goes to it
@@ -472,7 +472,7 @@ def test_default_bounding_per_family():
 
 
 def test_nonfinite_candidates_are_bad_values_not_the_end():
-    fun = lambda u, p: jnp.where(u[0] > 0.0, jnp.nan, shifted_sphere(u, p))  # noqa: E731
+    fun = lambda u, p: jnp.where(u[0] > 0.0, jnp.nan, shifted_sphere(u, p))
     prob = opf.OptimizationProblem(fun, jnp.full(4, -1.0), jnp.asarray(-SPHERE_SHIFT), lb=-5.0,
                                    ub=5.0)
     sol = opf.solve(prob, opf.Nevergrad("TwoPointsDE", seed=0, num_workers=10), maxiters=500)

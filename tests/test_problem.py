@@ -167,7 +167,7 @@ def test_compiled_code_belongs_to_the_users_function():
     opf.solve(again, optax.adam(0.1), maxiters=5)
     assert len(traces) == before
     # Other settings or other callables are other programs.
-    grad = lambda u, p: 2 * (u - p)  # noqa: E731
+    grad = lambda u, p: 2 * (u - p)
     for other in (
         opf.OptimizationFunction(fun, ad=None),
         opf.OptimizationFunction(fun, grad=grad),

@@ -442,7 +442,7 @@ def test_the_docs_table_matches_the_method_table():
             .strip("|")
             .split("|")
         ]
-        fmt = lambda option: f"`{option}`" if option else "—"  # noqa: E731
+        fmt = lambda option: f"`{option}`" if option else "—"
         assert cells[2] == ("yes" if spec.bounds else "—"), spec.name
         assert cells[3] == ("yes" if spec.constraints else "—"), spec.name
         assert cells[4:] == [fmt(spec.maxiter), fmt(spec.abstol), fmt(spec.reltol)], spec.name
@@ -507,7 +507,7 @@ def test_closed_over_float32_data_keeps_its_precision_and_p_is_float64():
 def test_a_nonfinite_objective_in_a_line_search_is_a_failure_with_the_best_point():
     # log(u0) is NaN for u0 < 0: L-BFGS-B's first step goes there. It used to end at
     # u0 ~ 2e7 with f = 21.5 and Success, although f(1, 1) = 1.
-    fun = lambda u, p: jnp.log(u[0]) + jnp.sum(u[1:] ** 2)  # noqa: E731
+    fun = lambda u, p: jnp.log(u[0]) + jnp.sum(u[1:] ** 2)
     sol = opf.solve(opf.OptimizationProblem(fun, jnp.ones(2)), opf.LBFGSB())
     assert sol.retcode is opf.ReturnCode.Failure
     assert "nan" in sol.message and "best finite point" in sol.message

@@ -311,7 +311,7 @@ class DeviceRun:
         self.u = to_device(problem.u0)
 
     def _program(self, spec: Spec) -> Program:
-        build = lambda: Program(self.method, spec, self.sign)  # noqa: E731
+        build = lambda: Program(self.method, spec, self.sign)
         return cached(self.problem.f, "device", (self.key, spec), build)
 
     def _start(self) -> tuple[Carry, Evaluation | None]:
@@ -320,7 +320,7 @@ class DeviceRun:
         if warm is None:
             self.start_p = self._p(0)
             return program.init(self.u, self.start_p, self.consts, 0)
-        fresh = lambda: jax.eval_shape(  # noqa: E731
+        fresh = lambda: jax.eval_shape(
             lambda: self._export(program.init(self.u, self._p(0), self.consts, 0)[0])
         )
         if not self.method.accepts(warm.state, fresh):
@@ -394,7 +394,7 @@ class DeviceRun:
         iteration first, then about a tenth of the remaining time each, and one refresh of
         the bar at most."""
         total, (p, key) = self.options.maxiters, self.feed.fused_args()
-        run = lambda c, limit: self.program.run(c, limit, total, p, key, self.consts)  # noqa: E731
+        run = lambda c, limit: self.program.run(c, limit, total, p, key, self.consts)
         if self.options.maxtime is None and self.progress.bar is None:
             self.carry, self.extra = run(self.carry, total)
             self._status(self.carry)
@@ -425,7 +425,7 @@ class DeviceRun:
         batches = self.feed.batches(
             int(self.carry.counts[STEPS]), None if total is None else total - done
         )
-        step = lambda c, b: self.program.step(c, b, self.consts)  # noqa: E731
+        step = lambda c, b: self.program.step(c, b, self.consts)
         batch = next(batches, _END)
         if self.feed.iterator and batch is not _END:
             self.start_p = batch

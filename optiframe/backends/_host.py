@@ -67,7 +67,7 @@ def _flat_functions(problem: OptimizationProblem, x64: bool) -> dict[str, Callab
 
 
 def _build(d: Derivatives, unravel: Callable[..., Any], ad: str | None) -> dict[str, Any]:
-    flat = lambda tree: ravel(tree)[0]  # noqa: E731
+    flat = lambda tree: ravel(tree)[0]
     fns: dict[str, Callable[..., Any]] = {"value": lambda x, p: d.value(unravel(x), p)}
     if d.value_and_grad is not None:
 

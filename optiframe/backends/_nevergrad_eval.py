@@ -219,7 +219,7 @@ class HostConstraints:
         if problem.f.ad == "jax":
             self.p = as_float64(problem.p)
             cons, unravel = problem.f.cons, _unravel(problem.u0, x64=True)
-            one = lambda x, p: jnp.atleast_1d(cons(unravel(x), p))  # noqa: E731
+            one = lambda x, p: jnp.atleast_1d(cons(unravel(x), p))
             self.jax = jax.jit(jax.vmap(one, in_axes=(0, None)))
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
@@ -252,7 +252,7 @@ class HostEvaluator:
             return Pending(lambda: batch)
         futures = tuple(self.executor.submit(fun, u, p) for u in us)
         where = "the objective fun(u, p) through the executor"
-        outs = lambda: [_guarded(where, future.result) for future in futures]  # noqa: E731
+        outs = lambda: [_guarded(where, future.result) for future in futures]
         return Pending(lambda: self._batch(X, outs()), futures)
 
     def _batch(self, X: np.ndarray, outs: list[Any]) -> Batch:

@@ -50,7 +50,7 @@ def _fingerprint(obj: Any, memo: dict[int, Any] | None = None) -> Any:
     if id(obj) in memo:
         return memo[id(obj)]
     memo[id(obj)] = ("cycle", id(obj))
-    fp = lambda x: _fingerprint(x, memo)  # noqa: E731
+    fp = lambda x: _fingerprint(x, memo)
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         out = (type(obj), obj)
     elif isinstance(obj, (tuple, list)):
@@ -156,7 +156,7 @@ class Optax(Algorithm):
             reuse_value=linesearch and not (lookahead or bounded or problem.f.has_aux),
             bounded=bounded, abstol=options.abstol is not None, reltol=options.reltol is not None,
         )
-        build = lambda: OptaxMethod(self, derivatives(problem.f, problem.sense), spec)  # noqa: E731
+        build = lambda: OptaxMethod(self, derivatives(problem.f, problem.sense), spec)
         run = DeviceRun(self, problem, options, ("optax", self.fingerprint, spec), build)
         bounds = None if not bounded else tuple(
             jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), bound, run.u)
@@ -248,7 +248,7 @@ class OptaxMethod(DeviceMethod):
         updates, opt_state = tx.update(grad, opt_state, params, **extra)
         params = optax.apply_updates(params, updates)
         if self.spec.bounded:
-            project = lambda x: optax.projections.projection_box(x, *bounds)  # noqa: E731
+            project = lambda x: optax.projections.projection_box(x, *bounds)
             params = type(params)(*map(project, params)) if self.spec.lookahead else project(params)
         fevals = gevals = jnp.zeros((), jnp.int32)
         for node in _linesearch_states(opt_state) if self.spec.linesearch else ():
@@ -276,7 +276,7 @@ class OptaxMethod(DeviceMethod):
         go = finite & (status == RUNNING)
         stops = spec.abstol or spec.reltol
         if stops:  # keep the iterate that passed the test
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)  # noqa: E731
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)
             params, opt_state = keep((params, opt_state), state[:2])
         cost = self.derivs.fevals_per("value_and_grad", sum(x.size for x in jax.tree.leaves(point)))
         go_ = go.astype(jnp.int32)

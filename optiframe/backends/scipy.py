@@ -246,7 +246,7 @@ class _MinimizeRun(HostRun):
         if not self.watched and spec.name != "COBYLA":  # SciPy counts the iterations (nit)
             callback = None
         elif spec.name == "TNC":
-            callback = lambda xk: self.iteration(xk)  # noqa: E731
+            callback = lambda xk: self.iteration(xk)
         else:
 
             def callback(intermediate_result):
