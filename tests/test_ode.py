@@ -220,10 +220,11 @@ def test_pytree_u0_keeps_its_structure_and_dtypes():
 # -- warm starts, compiled code, names
 
 
-def test_warm_start_continues_the_flow():
-    full = opf.solve(ROSEN, opf.RKAccelerated(), maxiters=60)
-    half = opf.solve(ROSEN, opf.RKAccelerated(), maxiters=30)
-    rest = opf.solve(ROSEN, opf.RKAccelerated(), maxiters=30, warm_start=half)
+@pytest.mark.parametrize("alg", [opf.RKAccelerated(), opf.ODEGradientDescent(dt=1e-3)])
+def test_warm_start_continues_the_flow(alg):  # Euler has no solver state: t says it all
+    full = opf.solve(ROSEN, alg, maxiters=60)
+    half = opf.solve(ROSEN, alg, maxiters=30)
+    rest = opf.solve(ROSEN, alg, maxiters=30, warm_start=half)
     assert rest.stats.iterations == 30
     np.testing.assert_allclose(rest.u, full.u, rtol=1e-5)
     assert float(rest.state.t) == pytest.approx(float(full.state.t), rel=1e-5)
