@@ -346,10 +346,10 @@ class EvoSaxMethod(DeviceMethod):
     search = True
     evaluates_start = True
     stops = {
-        code: (ReturnCode.Success, f"best objective improved by <= {tol} over the last "
-               "{method.spec.patience} generations")
-        for code, tol in ((ABSTOL, "abstol={options.abstol}"),
-                          (RELTOL, "reltol={options.reltol} x |best|"))
+        ABSTOL: (ReturnCode.Success, "best objective improved by <= abstol={options.abstol} "
+                 "over the last {method.spec.patience} generations"),
+        RELTOL: (ReturnCode.Success, "best objective improved by <= reltol={options.reltol} "
+                 "x |best| over the last {method.spec.patience} generations"),
     }
 
     def __init__(self, algorithm: Any, derivs: Derivatives, shapes: Any, spec: SearchSpec):
