@@ -119,6 +119,12 @@ class DeviceMethod:
         """(signed loss at `point(state)`, `counts(...)` of computing it)."""
         raise NotImplementedError
 
+    def evaluated(self, before: Any, after: Any) -> Any:
+        """The point the iteration from state `before` to `after` evaluated, if the states
+        hold it (on the device and on the host), else None. The stepwise program then does
+        not return it again, which would copy every leaf at every step."""
+        return None
+
     # -- on the host
 
     def export(self, state: Any, steps: Any, best: tuple[Any, Any]) -> Any:
@@ -238,6 +244,8 @@ class Program:
         added = after.counts[ITERATIONS] - carry.counts[ITERATIONS]
         news = jnp.stack([self.sign * ev.loss, added, after.counts[STATUS]]).astype(loss_dtype())
         ev = self._users(ev)._replace(loss=None, counts=None, status=None, at_state=None)
+        if self.method.evaluated(carry.state, after.state) is not None:  # read on the host
+            ev = ev._replace(u=None)
         return after, ev, news
 
     def _final(self, carry: Carry, p: Any, consts: Any) -> Carry:
@@ -435,6 +443,8 @@ class DeviceRun:
             next_batch = next(batches, _END)
             pending = self.ahead = None if next_batch is _END else step(after, next_batch)
             before, self.carry, self.last_p, self.extra = self.carry, after, batch, ev.extra
+            if ev.u is None:
+                ev = ev._replace(u=self.method.evaluated(before.state, after.state))
             objective, added, status = np.asarray(news).tolist()
             raise_host_error()
             if status == NONFINITE:

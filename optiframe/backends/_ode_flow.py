@@ -165,6 +165,9 @@ class FlowMethod(DeviceMethod):
     def point(self, state: Any) -> Any:
         return state.y
 
+    def evaluated(self, before: Any, after: Any) -> Any:
+        return after.y
+
     def _status(self, gnorm: Any, y: Any, tol: Any) -> jax.Array:
         """ABSTOL or RELTOL if that steady-state test passes (abstol first), else RUNNING."""
         status = jnp.asarray(RUNNING, jnp.int32)

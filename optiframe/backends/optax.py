@@ -215,6 +215,9 @@ class OptaxMethod(DeviceMethod):
         """What the user gets back: the slow weights under lookahead."""
         return state[0].slow if self.spec.lookahead else state[0]
 
+    def evaluated(self, before: Any, after: Any) -> Any:
+        return self._eval_point(before[0])
+
     def init(self, u: Any, p: Any, consts: Any) -> tuple[Any, None]:
         params = optax.LookaheadParams.init_synced(u) if self.spec.lookahead else u
         return (params, self.transform.init(params), self._no_loss()), None
