@@ -364,7 +364,9 @@ class EvoSaxMethod(DeviceMethod):
     def point(self, state: Search) -> Any:
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.shapes)
 
-    def _search(self, state, key, generation, best=jnp.inf, worst=-jnp.inf) -> Search:
+    def _search(
+        self, state: Any, key: Any, generation: Any, best: Any = jnp.inf, worst: Any = -jnp.inf
+    ) -> Search:
         """A search at the start of a solve."""
         dtype, zero = loss_dtype(), jnp.zeros((), jnp.int32)
         return Search(
