@@ -14,6 +14,7 @@ from .backends.ode import (
     RKChebyshevDescent,
 )
 from .backends.optax import Optax, OptaxState
+from .backends.optimistix import Optimistix, OptimistixState
 from .backends.scipy import (
     BFGS,
     CG,
@@ -76,6 +77,8 @@ __all__ = [
     "ODEGradientDescent",
     "Optax",
     "OptaxState",
+    "Optimistix",
+    "OptimistixState",
     "OptiframeError",
     "OptimizationFunction",
     "OptimizationProblem",

@@ -52,7 +52,7 @@ def is_search(alg) -> bool:
 
 def on_device(alg) -> bool:
     """The loop is optiframe's on-device one: fused without a callback, stepwise with one."""
-    return isinstance(alg, (opf.Optax, opf.EvoSax, GradientFlowAlgorithm))
+    return isinstance(alg, (opf.Optax, opf.Optimistix, opf.EvoSax, GradientFlowAlgorithm))
 
 
 def seeded(alg):
@@ -81,8 +81,8 @@ def with_paths(names, stepwise=None):
     return pairs
 
 
-# A stepwise run of each kind of on-device step (optax, evosax, a diffrax flow).
-STEPWISE = ("adam", "evosax:SNES", "RKChebyshevDescent")
+# A stepwise run of each kind of on-device step (optax, optimistix, evosax, a diffrax flow).
+STEPWISE = ("adam", "optimistix:LevenbergMarquardt", "evosax:SNES", "RKChebyshevDescent")
 
 
 def path_callback(path):
@@ -252,8 +252,9 @@ def test_a_nonfinite_objective_mid_run_keeps_the_best_finite_iterate(name, path)
     assert sol.objective <= objective(alg, np.zeros(3))
     if is_search(alg):  # a bad candidate, not the end of the run
         assert sol.retcode is not opf.ReturnCode.Failure and "NaN or inf" in sol.message
-    elif isinstance(alg, opf.Optax) and alg.linesearch:
-        # optax's line search rejects a non-finite trial point: no iterate is non-finite
+    elif isinstance(alg, opf.Optax) and alg.linesearch or isinstance(alg, opf.Optimistix):
+        # a line search (optax's, optimistix's) or a trust region (optimistix's) rejects a
+        # non-finite trial point: no iterate is non-finite
         assert sol.retcode is not opf.ReturnCode.Success
     else:
         assert sol.retcode is opf.ReturnCode.Failure, sol
