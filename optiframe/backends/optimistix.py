@@ -47,8 +47,9 @@ DEFAULT_MAX_STEPS = 256
 # The `options` optimistix's solvers read, by kind (least squares or not).
 _OPTIONS = {False: ("autodiff_mode",), True: ("jac",)}
 
-# optimistix's RESULTS, by name -> ReturnCode. The status of a run that ended with result
-# `r` is FIRST_STOP + r's index; `successful` with the solver's convergence test passed.
+# optimistix's RESULTS, by name -> ReturnCode (a name missing here is a Failure). The status
+# of a run that ended with result `r` is FIRST_STOP + r's index; `successful` with the
+# solver's convergence test passed.
 RESULT_CODES = {
     "successful": ReturnCode.Success,
     "max_steps_reached": ReturnCode.Failure,  # of a linear solve inside a step
@@ -79,8 +80,12 @@ class OptimistixState(NamedTuple):
 
 
 def _optimistix() -> Any:
-    import optimistix
-
+    try:
+        import optimistix
+    except ImportError as err:
+        raise UnsupportedFeatureError(
+            "opf.Optimistix needs the optimistix package: pip install 'optiframe[optimistix]'."
+        ) from err
     return optimistix
 
 
@@ -263,10 +268,6 @@ class OptimistixMethod(DeviceMethod):
     returns its loss there as auxiliary output. The run's constants are `[rtol, atol]`."""
 
     evaluates_start = True  # `init` traces `fun` on `p` for its output's shape
-    stops = {
-        FIRST_STOP + i: (code, name)
-        for i, (name, code) in enumerate(RESULT_CODES.items())
-    }
 
     def __init__(
         self, solver: Any, derivs: Derivatives, least_squares: bool, options: dict[str, Any]
@@ -274,11 +275,10 @@ class OptimistixMethod(DeviceMethod):
         optx = _optimistix()
         self.solver, self.derivs, self.least_squares = _watched(solver), derivs, least_squares
         self.options, self.results = options, optx.RESULTS
-        if list(optx.RESULTS._name_to_item) != list(RESULT_CODES):
-            raise OptiframeError(  # a new optimistix: the table needs updating
-                f"optimistix's RESULTS are {list(optx.RESULTS._name_to_item)}; optiframe "
-                f"maps {list(RESULT_CODES)}. Install the optimistix optiframe supports."
-            )
+        self.stops = {  # a result a newer optimistix adds is a Failure
+            FIRST_STOP + item._value: (RESULT_CODES.get(name, ReturnCode.Failure), name)
+            for name, item in optx.RESULTS._name_to_item.items()
+        }
 
     def _fn(self, y: Any, p: Any) -> tuple[Any, tuple[Any, Any]]:
         """optimistix's `fn(y, args)`: (signed loss, or residuals; (loss, the user's aux))."""
