@@ -36,6 +36,7 @@ from .backends.scipy import (
 from .backends.scipy_global import SHGO, BasinHopping, DifferentialEvolution, Direct, DualAnnealing
 from .backends.scipy_least_squares import ScipyLeastSquares
 from .data import DataLoader
+from .ensemble import EnsembleProblem, EnsembleSolution
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
 from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake
 from .progress import ProgressBar
@@ -54,6 +55,8 @@ __all__ = [
     "DifferentialEvolution",
     "Direct",
     "Dogleg",
+    "EnsembleProblem",
+    "EnsembleSolution",
     "DualAnnealing",
     "EvoSax",
     "EvoSaxResult",

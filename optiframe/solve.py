@@ -3,6 +3,7 @@ dispatch to the backend."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import inspect
 import math
@@ -23,6 +24,7 @@ from .backends.base import (
 )
 from .data import DataLoader, batches_per_epoch, is_data_iterator, is_one_shot
 from .derivatives import check_objective, derivatives
+from .ensemble import EnsembleProblem, EnsembleSolution, solve_members
 from .errors import InvalidProblemError, OptiframeError, UnsupportedFeatureError
 from .flat import device_shapes
 from .problem import OptimizationProblem
@@ -48,12 +50,14 @@ def solve(
     epochs: int | None = None,
     warm_start: OptimizationSolution | None = None,
     save_best: bool = False,
+    executor: concurrent.futures.Executor | None = None,
     **solver_options: Any,
-) -> OptimizationSolution:
+) -> OptimizationSolution | EnsembleSolution:
     """Solve `prob` with `alg`.
 
     Args:
-        prob: the problem.
+        prob: the problem, or an `EnsembleProblem` of many (then an `EnsembleSolution` is
+            returned).
         alg: an `optax.GradientTransformation`, an optiframe algorithm object, or a
             registered name such as "adam" (unknown names list the close matches).
         maxiters: iteration budget (for a data iterator: total steps over all epochs).
@@ -66,6 +70,9 @@ def solve(
         epochs: passes over a data iterator `p`.
         warm_start: a solution of the same algorithm to continue from (its `state`).
         save_best: return the iterate with the lowest objective seen instead of the last.
+        executor: for an `EnsembleProblem` and a host algorithm (SciPy, Nevergrad), the
+            `concurrent.futures.Executor` that runs the members (a process pool needs the
+            problem and the algorithm to pickle); serial when None.
         **solver_options: passed to the backend untouched.
 
     Returns:
@@ -80,10 +87,13 @@ def solve(
         >>> sol = opf.solve(prob, optax.adam(1e-2), maxiters=1000)
         >>> sol.u, sol.objective, sol.retcode
     """
+    ensemble = prob if isinstance(prob, EnsembleProblem) else None
+    if ensemble is not None:
+        prob = ensemble.prob
     if not isinstance(prob, OptimizationProblem):
         raise OptiframeError(
-            f"`solve(prob, ...)`: prob must be an opf.OptimizationProblem, got "
-            f"{type(prob).__name__}."
+            f"`solve(prob, ...)`: prob must be an opf.OptimizationProblem or an "
+            f"opf.EnsembleProblem, got {type(prob).__name__}."
         )
     given = dict(
         maxiters=maxiters, maxtime=maxtime, abstol=abstol, reltol=reltol, callback=callback,
@@ -103,9 +113,49 @@ def solve(
         residuals = algorithm.capabilities.residuals
         check_objective(prob.f, device_shapes(prob.u0), _sample(prob.p), residuals=residuals)
     start = time.perf_counter()
-    sol = algorithm.solve(prob, options)
+    if ensemble is not None:
+        sol = _solve_ensemble(ensemble, algorithm, options, executor, given, solver_options)
+    elif executor is not None:
+        raise InvalidProblemError(
+            "`solve(executor=...)` runs the members of an opf.EnsembleProblem; prob is one "
+            "problem: remove executor, or pass EnsembleProblem(prob, ps=..., u0s=...)."
+        )
+    else:
+        sol = algorithm.solve(prob, options)
     stats = dataclasses.replace(sol.stats, time=time.perf_counter() - start)
+    if ensemble is not None:
+        return dataclasses.replace(sol, stats=stats, alg=algorithm)
     return dataclasses.replace(sol, stats=stats, problem=prob, alg=algorithm)
+
+
+def _solve_ensemble(
+    ensemble: EnsembleProblem, algorithm: Algorithm, options: SolveOptions,
+    executor: concurrent.futures.Executor | None, given: dict[str, Any],
+    solver_options: dict[str, Any],
+) -> EnsembleSolution:
+    """The members of `ensemble` together (an algorithm with `Capabilities.ensemble`) or one
+    by one (on `executor`)."""
+    if options.warm_start is not None:
+        raise UnsupportedFeatureError(
+            "`solve(EnsembleProblem, warm_start=...)` is not supported: start the members "
+            "from where an ensemble ended with EnsembleProblem(prob, ps=..., u0s=esol.u)."
+        )
+    if algorithm.capabilities.ensemble:
+        if executor is not None:
+            raise InvalidProblemError(
+                f"`solve(EnsembleProblem, {algorithm!r}, executor=...)`: {algorithm!r} runs "
+                "every member in one compiled program; executor= is for host algorithms "
+                "(SciPy, Nevergrad). Remove it."
+            )
+        return algorithm.solve(ensemble.prob, dataclasses.replace(options, ensemble=ensemble))
+    if options.callback is not None:
+        raise UnsupportedFeatureError(
+            f"{algorithm!r} solves an ensemble's members one by one, so no callback can see "
+            "them stacked: remove callback=, or use an on-device algorithm (optax, "
+            "optimistix, evosax, a gradient flow)."
+        )
+    keywords = {k: v for k, v in given.items() if v is not _DEFAULTS[k]}
+    return solve_members(ensemble, solve, algorithm, {**keywords, **solver_options}, executor)
 
 
 def _sample(p: Any) -> Any:

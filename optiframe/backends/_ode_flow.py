@@ -1,5 +1,5 @@
 """The gradient flow on diffrax (imports diffrax): `FlowMethod`, run by the shared on-device
-lifecycle (`_device.py`) with diffrax's own integration loop.
+lifecycle (`_device.py`, `_program.py`) with diffrax's own integration loop.
 
 The flow `du/dt = −∇f(u)` is integrated by `diffrax.diffeqsolve` from `t = 0` towards
 `t = ∞`; what ends an integration:
@@ -34,7 +34,8 @@ from ..derivatives import Derivatives, derivatives
 from ..flat import device_shapes
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
-from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts, loss_dtype
+from ._device import DeviceRun
+from ._program import FIRST_STOP, RUNNING, DeviceMethod, Evaluation, counts, loss_dtype
 from .base import Algorithm, SolveOptions
 
 ABSTOL, RELTOL, STOPPED = FIRST_STOP, FIRST_STOP + 1, FIRST_STOP + 2

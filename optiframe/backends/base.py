@@ -37,6 +37,8 @@ class Capabilities:
         budget: what `maxiters` counts ("iterations", "evaluations", "generations", ...).
         needs_budget: it cannot run without `maxiters` (or `epochs` over a data iterator).
         keywords: the common `solve` keywords it honours.
+        ensemble: it runs the members of an `EnsembleProblem` as one vmapped program
+            (on the device); else `solve` runs them one by one.
     """
 
     bounds: bool = False
@@ -49,6 +51,7 @@ class Capabilities:
     budget: str = "iterations"
     needs_budget: bool = False
     keywords: frozenset[str] = frozenset(("maxiters",))
+    ensemble: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,9 @@ class SolveOptions:
     """The common keywords of `solve`, validated, plus the backend's own options.
 
     `maxiters` and `epochs` are resolved by `solve`: for a data iterator, `maxiters` is the
-    total number of steps and `epochs` the passes it spans.
+    total number of steps and `epochs` the passes it spans. `ensemble` is the
+    `EnsembleProblem` whose members an algorithm with `Capabilities.ensemble` solves
+    together (the problem it is given is the members' shared one), else None.
     """
 
     maxiters: int | None = None
@@ -69,6 +74,7 @@ class SolveOptions:
     warm_start: Any = None
     save_best: bool = False
     solver_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ensemble: Any = None
 
 
 class Algorithm(abc.ABC):

@@ -26,8 +26,9 @@ from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..flat import device_shapes, ravel
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
-from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts, loss_dtype
+from ._device import DeviceRun
 from ._lifecycle import check_options
+from ._program import FIRST_STOP, RUNNING, DeviceMethod, Evaluation, counts, loss_dtype
 from .base import COMMON_KEYWORDS, Algorithm, Capabilities, SolveOptions, register, register_prefix
 
 # The backend's own options and their defaults; every other option configures the evosax
@@ -183,7 +184,7 @@ class EvoSax(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             bounds=True, budget="generations", needs_budget=True,
-            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"},
+            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"}, ensemble=True,
         )
 
     def __repr__(self) -> str:

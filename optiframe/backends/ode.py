@@ -60,7 +60,7 @@ class GradientFlowAlgorithm(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             needs=frozenset({"grad"}), budget="accepted steps", needs_budget=True,
-            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"},
+            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"}, ensemble=True,
         )
 
     def components(self) -> tuple[Any, Any, float | None]:

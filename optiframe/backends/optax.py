@@ -20,8 +20,9 @@ from ..derivatives import Derivatives, derivatives
 from ..errors import OptiframeError
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
-from ._device import FIRST_STOP, RUNNING, DeviceMethod, DeviceRun, Evaluation, counts, loss_dtype
+from ._device import DeviceRun
 from ._lifecycle import check_options
+from ._program import FIRST_STOP, RUNNING, DeviceMethod, Evaluation, counts, loss_dtype
 from .base import COMMON_KEYWORDS, Algorithm, Capabilities, SolveOptions, register, register_adapter
 
 ABSTOL, RELTOL = FIRST_STOP, FIRST_STOP + 1
@@ -138,7 +139,7 @@ class Optax(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             bounds=True, data=not self.linesearch, needs=frozenset({"grad"}), needs_budget=True,
-            keywords=frozenset(COMMON_KEYWORDS),
+            keywords=frozenset(COMMON_KEYWORDS), ensemble=True,
         )
 
     def __repr__(self) -> str:

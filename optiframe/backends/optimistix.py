@@ -21,17 +21,17 @@ from ..derivatives import Derivatives, derivatives
 from ..errors import OptiframeError, UnsupportedFeatureError
 from ..problem import MinSense, OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
-from ._device import (
+from ._device import DeviceRun
+from ._lifecycle import check_options
+from ._program import (
     FIRST_STOP,
     NONFINITE,
     RUNNING,
     DeviceMethod,
-    DeviceRun,
     Evaluation,
     counts,
     loss_dtype,
 )
-from ._lifecycle import check_options
 from .base import COMMON_KEYWORDS, Algorithm, Capabilities, SolveOptions, register, register_prefix
 
 # The solvers registered by name ("optimistix:BFGS"): name -> least squares (residuals).
@@ -158,7 +158,7 @@ class Optimistix(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             needs=frozenset({"grad"}), residuals=self.least_squares,
-            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"},
+            keywords=frozenset(COMMON_KEYWORDS) - {"epochs"}, ensemble=True,
         )
 
     def __repr__(self) -> str:

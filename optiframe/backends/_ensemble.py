@@ -1,0 +1,303 @@
+"""The members of an `EnsembleProblem`, solved together.
+
+On the device (`EnsembleRun`), the shared run's program (`_program.Program`) is vmapped
+over the members: one compiled `lax.while_loop` in which every member stops on its own test
+(a stopped member's carry no longer changes), or, with a callback, one vmapped iteration at
+a time, the callback seeing all members stacked. The members' results are read back once,
+stacked; `esol[i]` builds member i's `OptimizationSolution` on demand. (Host algorithms
+solve the members one by one: `optiframe.ensemble.solve_members`.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..derivatives import raise_host_error
+from ..ensemble import EnsembleProblem, EnsembleSolution, member, stacked_like
+from ..flat import to_device
+from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
+from ._lifecycle import Clock, Progress, Stop, budget_message, cached, call_back, stopped
+from ._program import (
+    BEST,
+    FEVALS,
+    FINAL,
+    FIRST_STOP,
+    GEVALS,
+    ITERATIONS,
+    LAST,
+    NONFINITE,
+    RUNNING,
+    STATUS,
+    STEPS,
+    Carry,
+    Program,
+    Spec,
+)
+
+if TYPE_CHECKING:  # the run that hands an ensemble over
+    from ._device import DeviceRun
+
+
+def _select(mask: Any, new: Any, old: Any) -> Any:
+    """`new` where `mask` (N,) else `old`, leaf by leaf (leading axis N)."""
+
+    def leaf(a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (jnp.ndim(a) - 1)), a, b)
+
+    return jax.tree.map(leaf, new, old)
+
+
+class EnsembleProgram:
+    """The jitted functions of one `Program` vmapped over N members: carries stacked
+    along axis 0, `p` stacked too (`p_axis` 0) or shared (None).
+
+    - `init(u, p, consts)`: the members' first carries;
+    - `run(carry, limit, total, p, consts)`: `Program.run` for every member;
+    - `step(carry, p, consts) -> (carry, evaluation, news)`: one iteration of every member
+      still running, the others unchanged; `news` (N, 3) as `Program.step`'s, a stopped
+      member's with its last objective, no iteration and its status;
+    - `final(carry, p, consts, need)`: the loss at the final point of the members `need`.
+    """
+
+    def __init__(self, program: Program, p_axis: int | None) -> None:
+        self.program, self.p_axis = program, p_axis
+        self.init = jax.jit(jax.vmap(program._init, in_axes=(0, p_axis, None, None)))
+        self.run = jax.jit(
+            jax.vmap(lambda c, limit, total, p, consts: program._run(
+                c, limit, total, p, None, consts
+            ), in_axes=(0, None, None, p_axis, None))
+        )
+        self.step = jax.jit(self._step)
+        self.final = jax.jit(self._final)
+
+    def _step(self, carry: Carry, p: Any, consts: Any) -> tuple[Carry, Any, jax.Array]:
+        step = jax.vmap(self.program._step, in_axes=(0, self.p_axis, None))
+        after, ev, news = step(carry, p, consts)
+        running = carry.counts[:, STATUS] == RUNNING
+        sign = self.program.sign
+        idle = jnp.stack([
+            sign * carry.losses[:, LAST], jnp.zeros_like(carry.losses[:, LAST]),
+            carry.counts[:, STATUS].astype(news.dtype),
+        ], axis=1)
+        return _select(running, after, carry), ev, jnp.where(running[:, None], news, idle)
+
+    def _final(self, carry: Carry, p: Any, consts: Any, need: Any) -> Carry:
+        final = jax.vmap(self.program._final, in_axes=(0, self.p_axis, None))
+        return _select(need, final(carry, p, consts), carry)
+
+
+class EnsembleRun:
+    """One `solve` of an `EnsembleProblem` with an on-device method: `run` is the
+    `DeviceRun` the algorithm built for the shared problem (its method, key and options)."""
+
+    def __init__(self, run: DeviceRun, ensemble: EnsembleProblem) -> None:
+        self.run, self.ensemble, self.n = run, ensemble, len(ensemble)
+        self.method, self.options = run.method, run.options
+        self.p_axis = None if ensemble.ps is None else 0
+        self.p = run.problem.p if ensemble.ps is None else to_device(ensemble.ps)
+        if ensemble.u0s is None:
+            self.u = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.n,) + x.shape), run.u)
+        else:
+            self.u = jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), to_device(
+                ensemble.u0s), run.u)
+        spec = Spec(True, None)  # every member's best is kept: a member's NaN is its own
+        program = run._program(spec)
+        self.program = cached(
+            run.problem.f, "ensemble", (run.key, spec, self.p_axis),
+            lambda: EnsembleProgram(program, self.p_axis),
+        )
+
+    def solve(self, consts: Any) -> EnsembleSolution:
+        self.consts, options = consts, self.options
+        self.clock = Clock(options.maxtime)
+        self.progress = Progress(options.progress, options.maxiters)
+        p0 = self.p if self.method.evaluates_start else None
+        self.carry, first = self.program.init(self.u, p0, consts, 0)
+        self.initial, self.extra, self.ahead = self.carry, None, None
+        stop = Stop()
+        try:
+            with stopped(stop, lambda: "every member's best iterate so far"):
+                (self._stepwise if options.callback is not None else self._fused)()
+        finally:
+            if self.progress.bar is not None:
+                self.progress.close(*self._shown())
+        return self._solution(stop)
+
+    def _running(self, counts: np.ndarray) -> bool:
+        raise_host_error()
+        return bool(np.any(counts[:, STATUS] == RUNNING))
+
+    def _shown(self) -> tuple[int, float]:
+        """(iterations of the furthest member, the lowest objective of any member)."""
+        counts, losses = jax.device_get((self.carry.counts, self.carry.losses))
+        loss = losses[:, BEST] if self.method.search else losses[:, LAST]
+        signed = self.run.sign * loss[np.isfinite(loss)]
+        return int(counts[:, ITERATIONS].max()), float(signed.min()) if signed.size else math.nan
+
+    def _fused(self) -> None:
+        """All members in one call; with `maxtime` or a progress bar, in chunks (as
+        `DeviceRun._fused`)."""
+        total, options = self.options.maxiters, self.options
+        run = lambda c, limit: self.program.run(c, limit, total, self.p, self.consts)
+        if options.maxtime is None and self.progress.bar is None:
+            self.carry, self.extra = run(self.carry, total)
+            self._running(np.asarray(self.carry.counts))
+            return
+        size = 1
+        while True:
+            done, tic = self._shown()[0], self.clock.elapsed()
+            self.carry, self.extra = run(self.carry, min(total, done + size))
+            now_done, loss = self._shown()
+            self.progress.show(now_done, loss)
+            if not self._running(np.asarray(self.carry.counts)) or now_done >= total:
+                return
+            self.clock.check()
+            size = self.progress.every or total
+            if options.maxtime is not None:
+                per_step = (self.clock.elapsed() - tic) / max(now_done - done, 1)
+                tenth = np.clip(0.1 * self.clock.remaining() / max(per_step, 1e-9), 1, 1e6)
+                size = min(size, int(tenth))
+
+    def _stepwise(self) -> None:
+        """One vmapped iteration per call, the next dispatched before the host reads this
+        one; the callback sees every member, stacked (a stopped member: its last
+        objective, the point it stopped at)."""
+        step = lambda c: self.program.step(c, self.p, self.consts)
+        total = self.options.maxiters
+        pending = step(self.carry)
+        for done in range(1, total + 1):
+            after, ev, news = pending
+            pending = self.ahead = step(after) if done < total else None
+            before, self.carry = self.carry, after
+            if ev.u is None:
+                ev = ev._replace(u=self.method.evaluated(before.state, after.state))
+            news = np.asarray(news)
+            raise_host_error()
+            objective = news[:, 0]
+            self.progress.show(done, float(np.nanmin(objective)))
+            state = OptimizationState(
+                iter=done, u=ev.u, objective=objective, grad=ev.grad, p=self.p, aux=ev.aux,
+                original=self.method.original(before.state, after.state, ev),
+            )
+            call_back(self.options.callback, state)
+            if not np.any(news[:, 2] == RUNNING):
+                return
+            self.clock.check()
+
+    # -- the result
+
+    def _solution(self, stop: Stop) -> EnsembleSolution:
+        method, options, sign = self.method, self.options, self.run.sign
+        counts = np.array(jax.device_get(self.carry.counts))
+        if self.ahead is not None:  # an iteration dispatched ahead: its calls were made
+            ahead = np.asarray(self.ahead[0].counts)
+            counts[:, FEVALS:STATUS] = ahead[:, FEVALS:STATUS]
+        status = counts[:, STATUS]
+        losses = np.asarray(self.carry.losses)
+        need = (status != NONFINITE) & ~np.isfinite(losses[:, FINAL]) & (not method.search)
+        if need.any():  # the point a member ended on was not evaluated
+            before = np.asarray(self.carry.counts)
+            self.carry = self.program.final(self.carry, self.p, self.consts, jnp.asarray(need))
+            counts[:, FEVALS:STATUS] += np.asarray(self.carry.counts)[:, FEVALS:STATUS] - before[
+                :, FEVALS:STATUS]
+            losses = np.asarray(self.carry.losses)
+        raise_host_error()
+        best, final = losses[:, BEST], losses[:, FINAL]
+        broken = method.search | (status == NONFINITE) | ~np.isfinite(final)
+        use_best = broken | ((options.save_best or stop.interrupted) & (best < final))
+        lost = use_best & ~np.isfinite(best)  # no finite value at all: u0 is returned
+        loss = np.where(use_best, best, final)
+        loss[lost] = np.nan
+        points = jax.device_get(method.point(self.carry.state))
+        best_u, starts = jax.device_get((self.carry.best_u, self.u))
+        u = jax.tree.map(
+            lambda b, x, s: np.where(_column(lost, s), s, np.where(_column(use_best, x), b, x)),
+            best_u, points, starts,
+        )
+        codes, messages = self._verdicts(stop, status, counts, broken, lost)
+        stats = Stats(
+            iterations=int(counts[:, ITERATIONS].sum()), fevals=int(counts[:, FEVALS].sum()),
+            gevals=int(counts[:, GEVALS].sum()),
+        )
+        objective = np.asarray(sign * loss, np.float64)
+        u = jax.tree.map(stacked_like, u, self.run.problem.u0)
+        member_of = _Members(self, u, objective, codes, messages, counts, best)
+        return EnsembleSolution(
+            u=u, objective=objective, retcodes=tuple(codes), stats=stats,
+            ensemble=self.ensemble, solution=member_of,
+        )
+
+    def _verdicts(
+        self, stop: Stop, status: np.ndarray, counts: np.ndarray, broken: np.ndarray,
+        lost: np.ndarray,
+    ) -> tuple[list[ReturnCode], list[Callable[[], str]]]:
+        """Each member's return code, and its message (built on demand)."""
+        method, options = self.method, self.options
+        by_status: dict[int, ReturnCode] = {}
+        codes, messages = [], []
+        for i, s in enumerate(status.tolist()):
+            if lost[i]:
+                codes.append(ReturnCode.Failure)
+                messages.append(lambda: "no evaluation returned a finite objective; returning u0")
+            elif broken[i] and not method.search:
+                at = int(counts[i, ITERATIONS])
+                codes.append(stop.retcode if s == RUNNING and stop.retcode else ReturnCode.Failure)
+                messages.append(lambda at=at: (
+                    f"the objective became non-finite after {at} {self.run.unit}; returning "
+                    "the best finite iterate"
+                ))
+            elif s == RUNNING and stop.retcode is not None:
+                codes.append(stop.retcode)
+                messages.append(lambda: stop.message)
+            elif s >= FIRST_STOP:
+                if s not in by_status:
+                    by_status[s] = method.verdict(s, self._state(i), options)[0]
+                codes.append(by_status[s])
+                messages.append(lambda s=s, i=i: method.verdict(s, self._state(i), options)[1])
+            else:
+                code, message = budget_message(options, self.run.unit)
+                codes.append(code)
+                messages.append(lambda message=message: message)
+        return codes, messages
+
+    def _state(self, i: int) -> Any:
+        return member(self.carry.state, i)
+
+
+def _column(mask: np.ndarray, x: Any) -> np.ndarray:
+    """`mask` (N,) shaped to broadcast against `x` (N, ...)."""
+    return mask.reshape(mask.shape + (1,) * (np.ndim(x) - 1))
+
+
+class _Members:
+    """Member i's `OptimizationSolution`, built on demand from the stacked results."""
+
+    def __init__(self, run: EnsembleRun, u, objective, codes, messages, counts, best) -> None:
+        self.run, self.u, self.objective = run, u, objective
+        self.codes, self.messages, self.counts, self.best = codes, messages, counts, best
+
+    def __call__(self, i: int) -> OptimizationSolution:
+        run, method = self.run, self.run.method
+        state = run._state(i)
+        steps = self.counts[i, STEPS]
+        best_u = member(run.carry.best_u, i)
+        message = "; ".join(m for m in (self.messages[i](), method.note(state)) if m)
+        extra = None if run.extra is None else member(run.extra, i)
+        return OptimizationSolution(
+            u=member(self.u, i),
+            objective=float(self.objective[i]),
+            retcode=self.codes[i],
+            stats=Stats(
+                iterations=int(self.counts[i, ITERATIONS]), fevals=int(self.counts[i, FEVALS]),
+                gevals=int(self.counts[i, GEVALS]),
+            ),
+            original=method.result(state, run.consts, extra),
+            state=method.export(state, steps, (best_u, self.best[i])),
+            message=message,
+        )
