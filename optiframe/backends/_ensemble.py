@@ -45,12 +45,16 @@ if TYPE_CHECKING:  # the run that hands an ensemble over
 
 
 def _select(mask: Any, new: Any, old: Any) -> Any:
-    """`new` where `mask` (N,) else `old`, leaf by leaf (leading axis N)."""
+    """`new` where `mask` (N,) else `old`, leaf by leaf (leading axis N). A part of `new`
+    that is None in `old` is taken whole (a gradient flow's diffrax state, which its
+    first integration creates)."""
 
-    def leaf(a, b):
+    def leaf(b, a):
+        if b is None:
+            return a
         return jnp.where(mask.reshape(mask.shape + (1,) * (jnp.ndim(a) - 1)), a, b)
 
-    return jax.tree.map(leaf, new, old)
+    return jax.tree.map(leaf, old, new, is_leaf=lambda x: x is None)
 
 
 class EnsembleProgram:
@@ -62,19 +66,23 @@ class EnsembleProgram:
     - `step(carry, p, consts) -> (carry, evaluation, news)`: one iteration of every member
       still running, the others unchanged; `news` (N, 3) as `Program.step`'s, a stopped
       member's with its last objective, no iteration and its status;
-    - `final(carry, p, consts, need)`: the loss at the final point of the members `need`.
+    - `final(carry, p, consts, need)`: the loss at the final point of the members `need`;
+    - `point(state)`: the members' points (`DeviceMethod.point`).
     """
 
     def __init__(self, program: Program, p_axis: int | None) -> None:
         self.program, self.p_axis = program, p_axis
         self.init = jax.jit(jax.vmap(program._init, in_axes=(0, p_axis, None, None)))
-        self.run = jax.jit(
-            jax.vmap(lambda c, limit, total, p, consts: program._run(
-                c, limit, total, p, None, consts
-            ), in_axes=(0, None, None, p_axis, None))
-        )
+        self.run = jax.jit(self._run)
         self.step = jax.jit(self._step)
         self.final = jax.jit(self._final)
+        self.point = jax.jit(jax.vmap(program.method.point))
+
+    def _run(self, carry: Carry, limit: Any, total: Any, p: Any, consts: Any) -> tuple:
+        run = lambda c, p: self.program._run(c, limit, total, p, None, consts)
+        after, extra = jax.vmap(run, in_axes=(0, self.p_axis))(carry, p)
+        running = carry.counts[:, STATUS] == RUNNING  # (a method's own loop runs them all)
+        return _select(running, after, carry), extra
 
     def _step(self, carry: Carry, p: Any, consts: Any) -> tuple[Carry, Any, jax.Array]:
         step = jax.vmap(self.program._step, in_axes=(0, self.p_axis, None))
@@ -214,7 +222,7 @@ class EnsembleRun:
         lost = use_best & ~np.isfinite(best)  # no finite value at all: u0 is returned
         loss = np.where(use_best, best, final)
         loss[lost] = np.nan
-        points = jax.device_get(method.point(self.carry.state))
+        points = jax.device_get(self.program.point(self.carry.state))
         best_u, starts = jax.device_get((self.carry.best_u, self.u))
         u = jax.tree.map(
             lambda b, x, s: np.where(_column(lost, s), s, np.where(_column(use_best, x), b, x)),

@@ -21,6 +21,7 @@ arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import diffrax
@@ -31,6 +32,7 @@ import numpy as np
 from optax.tree import norm
 
 from ..derivatives import Derivatives, derivatives
+from ..errors import UnsupportedFeatureError
 from ..flat import device_shapes
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, ReturnCode
@@ -57,6 +59,12 @@ def solve_flow(
         return FlowMethod(alg.components(), derivs, tests, n, identity, state_type)
 
     run = DeviceRun(alg, problem, options, ("flow", identity, tests), build)
+    if options.ensemble is not None and not run.method.device_count:
+        raise UnsupportedFeatureError(
+            f"{alg!r} counts the gradients of its implicit solver on the host, which cannot "
+            "tell an ensemble's members apart: solve the members one by one, or use an "
+            "explicit solver (e.g. opf.RKAccelerated())."
+        )
     dtype = jnp.result_type(*(x.dtype for x in leaves))
     return run.solve(jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], dtype))
 
@@ -66,11 +74,14 @@ def solve_flow(
 
 class BudgetState(NamedTuple):
     """The wrapped controller's state, the accepted steps so far (over a warm-start
-    chain) and the end of the next step the controller proposed."""
+    chain), the end of the next step the controller proposed, and the gradients this
+    solve evaluated up to the last step attempted (`evals`; the counter read then: `seen`)."""
 
     inner: Any
     accepted: jax.Array
     tnext: jax.Array
+    seen: jax.Array
+    evals: jax.Array
 
 
 class StepBudget(diffrax.AbstractStepSizeController):
@@ -83,14 +94,16 @@ class StepBudget(diffrax.AbstractStepSizeController):
 
     controller: diffrax.AbstractStepSizeController
     budget: Any
+    counter: Callable[[], Any] | None = eqx.field(static=True, default=None)
 
     def wrap(self, direction):
-        return type(self)(self.controller.wrap(direction), self.budget)
+        return type(self)(self.controller.wrap(direction), self.budget, self.counter)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
         tnext_ = jnp.asarray(tnext, jnp.result_type(t0))
-        return tnext, BudgetState(inner, jnp.zeros((), jnp.int32), tnext_)
+        zero = jnp.zeros((), jnp.int32)
+        return tnext, BudgetState(inner, zero, tnext_, zero, zero)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
         if y_error is not None:
@@ -116,7 +129,12 @@ class StepBudget(diffrax.AbstractStepSizeController):
         collapsed = ~((step > 0) & jnp.isfinite(step))
         result = results.where(collapsed & ok & ~done, results.dt_min_reached, result)
         tnext_ = jnp.asarray(tnext, state.tnext.dtype)
-        return keep, tprev, tnext, jump, BudgetState(inner, accepted, tnext_), result
+        seen, evals = state.seen, state.evals
+        if self.counter is not None:  # what this attempt (and the tests after the last) cost
+            seen = self.counter()
+            evals = evals + seen - state.seen
+        state = BudgetState(inner, accepted, tnext_, seen, evals)
+        return keep, tprev, tnext, jump, state, result
 
 
 class AdaptiveStepBudget(StepBudget, diffrax.AbstractAdaptiveStepSizeController):
@@ -156,6 +174,7 @@ class FlowMethod(DeviceMethod):
                 lambda s: s.scan_kind, self.solver, "lax", is_leaf=lambda x: x is None
             )
         self.derivs, (self.abstol, self.reltol), self.key = derivs, tests, key
+        self.evaluates_start = self.abstol or self.reltol  # `init` tests the start
         self.state_type = state_type
         self.cost = derivs.fevals_per("value_and_grad", n)  # calls of fun per gradient
         self.adaptive = isinstance(self.controller, diffrax.AbstractAdaptiveStepSizeController)
@@ -189,18 +208,24 @@ class FlowMethod(DeviceMethod):
             self._status(gnorm, y, tol), True,
         )
 
-    def init(self, u: Any, p: Any, tol: Any) -> tuple[Any, None]:
-        """The flow at `t = 0` (diffrax's event tests the start, so a converged start takes
-        no step)."""
+    def init(self, u: Any, p: Any, tol: Any) -> tuple[Any, Evaluation | None]:
+        """The flow at `t = 0`; with `abstol` or `reltol`, the start tested (a converged
+        start takes no step: a run's integration then always attempts one)."""
         dtype = jnp.result_type(*jax.tree.leaves(u))
         y0 = jax.tree.map(lambda x: x.astype(dtype), u)
         dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, dtype)
-        return self.state_type(jnp.zeros((), dtype), y0, None, None, None, dt0), None
+        state = self.state_type(jnp.zeros((), dtype), y0, None, None, None, dt0)
+        tested = self.abstol or self.reltol
+        return state, self._evaluate(y0, p, tol, 0, 0) if tested else None
 
     def run(self, state: Any, p: Any, tol: Any, n: Any):
         """Up to `n` accepted steps in one `diffeqsolve`, then the objective and gradient
         at the end: (state, evaluation, the diffrax solution)."""
-        ref = jax.new_ref(jnp.zeros((), jnp.int32)) if self.device_count else None
+        # The gradients are counted per step attempt (`StepBudget` reads the counter): under
+        # vmap, diffrax's loop runs every member's attempt, a finished member's too, and
+        # keeps only the live members' states. One counter per member (made from a
+        # per-member value), since a step's own loops (RKC's stages) differ by member.
+        ref = jax.new_ref(jnp.zeros_like(state.t, jnp.int32)) if self.device_count else None
 
         def gradient(y, p):
             if ref is None:
@@ -224,10 +249,15 @@ class FlowMethod(DeviceMethod):
         fresh = state.solver_state is None
         before = 0 if fresh else state.controller_state.accepted
         resumed = {} if fresh else dict(
-            solver_state=state.solver_state, controller_state=state.controller_state,
+            solver_state=state.solver_state,
+            controller_state=state.controller_state._replace(
+                seen=jnp.zeros_like(state.controller_state.seen),
+                evals=jnp.zeros_like(state.controller_state.evals),
+            ),
             made_jump=state.made_jump,
         )
         budget = jnp.asarray(jnp.minimum(before + n, np.iinfo(np.int32).max), jnp.int32)
+        counter = None if ref is None else (lambda: ref[...])
         wrapper = AdaptiveStepBudget if self.adaptive else StepBudget
         # A flow that has not moved starts at the constant t = 0, which XLA folds: the
         # program compiles in half the time. (Euler's solver state is None throughout.)
@@ -236,7 +266,7 @@ class FlowMethod(DeviceMethod):
         sol = diffrax.diffeqsolve(
             term, self.solver, t0, jnp.asarray(jnp.inf, state.t.dtype), dt0, state.y,
             args=(p, tol), saveat=_SAVE,
-            stepsize_controller=wrapper(self.controller, budget), event=event,
+            stepsize_controller=wrapper(self.controller, budget, counter), event=event,
             max_steps=None, adjoint=diffrax.ForwardMode(), throw=False, **resumed,
         )
         t, y = sol.ts[-1], jax.tree.map(lambda ys: ys[-1], sol.ys)
@@ -245,7 +275,8 @@ class FlowMethod(DeviceMethod):
             t, y, sol.solver_state, controller, jnp.asarray(sol.made_jump), controller.tnext - t
         )
         accepted = controller.accepted - before
-        evals = jnp.zeros((), jnp.int32) if ref is None else ref[...]
+        # the attempts' gradients, and after the last one the event's test of its point
+        evals = jnp.zeros((), jnp.int32) if ref is None else controller.evals + (event is not None)
         ev = self._evaluate(y, p, tol, accepted, evals)
         fired = jnp.asarray(sol.event_mask) if event is not None else False
         stopped = (accepted < n) & ~fired & (ev.status == RUNNING)

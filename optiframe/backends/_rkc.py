@@ -12,6 +12,7 @@ solve runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
@@ -47,6 +48,14 @@ def _chebyshev(w0: Any, s: Any) -> tuple[Any, Any, Any]:
         c = tuple(jnp.full_like(w0, x) for x in c)
         c = jax.lax.fori_loop(2, s + 1, lambda _, c: _recur(w0, c), c)
     return c[0], c[2], c[4]
+
+
+def _once(pred: Any, compute: Callable[[], Any], otherwise: Any) -> Any:
+    """`compute()` if `pred` else `otherwise`, as a loop that runs at most once."""
+    _, out = jax.lax.while_loop(
+        lambda c: c[0], lambda c: (jnp.zeros_like(c[0]), compute()), (jnp.asarray(pred), otherwise)
+    )
+    return out
 
 
 def rkc_stages(h_rho: Any) -> jax.Array:
@@ -168,13 +177,15 @@ class RKC(AbstractAdaptiveSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         f0, rho, v, since = solver_state
+        # Loops run at most once where a `lax.cond` would do: a vmapped cond cannot hold
+        # the flow's evaluation counter (a JAX state effect), a vmapped loop can.
         if made_jump is not False:
-            f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: f0)
+            f0 = _once(made_jump, lambda: terms.vf(t0, y0, args), f0)
         if self.spectral_radius is None:
-            rho, v, since = jax.lax.cond(
+            rho, v, since = _once(
                 since >= self.estimate_every,
                 lambda: (*self._estimate(terms, t0, y0, f0, v, args), jnp.zeros_like(since)),
-                lambda: (rho, v, since),
+                (rho, v, since),
             )
         h = terms.contr(t0, t1)
         dtype = jnp.result_type(h, rho)
