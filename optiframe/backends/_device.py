@@ -68,6 +68,8 @@ class DeviceRun:
         build: Callable[[], DeviceMethod],
     ) -> None:
         self.alg, self.problem, self.options = alg, problem, options
+        # The same run on another problem (an ensemble's member alone).
+        self.again = lambda problem, options: DeviceRun(alg, problem, options, key, build)
         self.unit = alg.capabilities.budget
         self.key = (key, problem.sense)
         self.method = method = cached(problem.f, "method", self.key, build)

@@ -10,6 +10,7 @@ solve the members one by one: `optiframe.ensemble.solve_members`.)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..derivatives import raise_host_error
 from ..ensemble import EnsembleProblem, EnsembleSolution, member, stacked_like
+from ..errors import ObjectiveError
 from ..flat import to_device
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from ._lifecycle import Clock, Progress, Stop, budget_message, cached, call_back, stopped
@@ -114,7 +116,10 @@ class EnsembleRun:
         else:
             self.u = jax.tree.map(lambda x, ref: jnp.asarray(x, ref.dtype), to_device(
                 ensemble.u0s), run.u)
-        spec = Spec(True, None)  # every member's best is kept: a member's NaN is its own
+        # The best point is kept for a search (it is the answer), `save_best`, or a run in
+        # chunks a user may interrupt (as `DeviceRun` does).
+        chunked = run.options.maxtime is not None or run.options.progress is not None
+        spec = Spec(self.method.search or run.options.save_best or chunked, None)
         program = run._program(spec)
         self.program = cached(
             run.problem.f, "ensemble", (run.key, spec, self.p_axis),
@@ -130,12 +135,16 @@ class EnsembleRun:
         self.initial, self.extra, self.ahead = self.carry, None, None
         stop = Stop()
         try:
-            with stopped(stop, lambda: "every member's best iterate so far"):
+            with stopped(stop, self._answer):
                 (self._stepwise if options.callback is not None else self._fused)()
         finally:
             if self.progress.bar is not None:
                 self.progress.close(*self._shown())
         return self._solution(stop)
+
+    def _answer(self) -> str:
+        kept = self.carry.best_u is not None
+        return "every member's " + ("best iterate so far" if kept else "last iterate")
 
     def _running(self, counts: np.ndarray) -> bool:
         raise_host_error()
@@ -210,65 +219,86 @@ class EnsembleRun:
         losses = np.asarray(self.carry.losses)
         need = (status != NONFINITE) & ~np.isfinite(losses[:, FINAL]) & (not method.search)
         if need.any():  # the point a member ended on was not evaluated
-            before = np.asarray(self.carry.counts)
+            before = np.asarray(self.carry.counts)[:, FEVALS:STATUS]
             self.carry = self.program.final(self.carry, self.p, self.consts, jnp.asarray(need))
-            counts[:, FEVALS:STATUS] += np.asarray(self.carry.counts)[:, FEVALS:STATUS] - before[
-                :, FEVALS:STATUS]
+            counts[:, FEVALS:STATUS] += np.asarray(self.carry.counts)[:, FEVALS:STATUS] - before
             losses = np.asarray(self.carry.losses)
         raise_host_error()
         best, final = losses[:, BEST], losses[:, FINAL]
-        broken = method.search | (status == NONFINITE) | ~np.isfinite(final)
-        use_best = broken | ((options.save_best or stop.interrupted) & (best < final))
-        lost = use_best & ~np.isfinite(best)  # no finite value at all: u0 is returned
+        if method.search:  # the best candidate; u0 where none was finite
+            use_best, lost = np.ones(self.n, bool), ~np.isfinite(best)
+        else:
+            kept = self.carry.best_u is not None and (options.save_best or stop.interrupted)
+            use_best, lost = kept & (best < final), np.zeros(self.n, bool)
         loss = np.where(use_best, best, final)
         loss[lost] = np.nan
-        points = jax.device_get(self.program.point(self.carry.state))
-        best_u, starts = jax.device_get((self.carry.best_u, self.u))
+        points, best_u, starts = jax.device_get(
+            (self.program.point(self.carry.state), self.carry.best_u, self.u)
+        )
+        if best_u is None:
+            best_u = points
         u = jax.tree.map(
             lambda b, x, s: np.where(_column(lost, s), s, np.where(_column(use_best, x), b, x)),
             best_u, points, starts,
         )
-        codes, messages = self._verdicts(stop, status, counts, broken, lost)
-        stats = Stats(
-            iterations=int(counts[:, ITERATIONS].sum()), fevals=int(counts[:, FEVALS].sum()),
-            gevals=int(counts[:, GEVALS].sum()),
-        )
         objective = np.asarray(sign * loss, np.float64)
+        codes, messages = self._verdicts(stop, status, lost)
+        # A member that met a non-finite objective is solved again alone, as `solve` would.
+        alone = {}
+        broken = ~method.search & ((status == NONFINITE) | ~np.isfinite(final))
+        for i in np.flatnonzero(broken).tolist():
+            sol = alone[i] = self._alone(i, counts[i])
+            for leaf, value in zip(jax.tree.leaves(u), jax.tree.leaves(sol.u)):
+                leaf[i] = np.asarray(value)
+            objective[i], codes[i] = sol.objective, sol.retcode
+        own = ~broken  # the members' counts added up (those solved alone: theirs)
+        stats = Stats(**{
+            name: int(counts[own, slot].sum()) + sum(getattr(s.stats, name) for s in alone.values())
+            for name, slot in (("iterations", ITERATIONS), ("fevals", FEVALS), ("gevals", GEVALS))
+        })
         u = jax.tree.map(stacked_like, u, self.run.problem.u0)
-        member_of = _Members(self, u, objective, codes, messages, counts, best)
         return EnsembleSolution(
-            u=u, objective=objective, retcodes=tuple(codes), stats=stats,
-            ensemble=self.ensemble, solution=member_of,
+            u=u, objective=objective, retcodes=tuple(codes), stats=stats, ensemble=self.ensemble,
+            solution=_Members(self, u, objective, codes, messages, counts, best, alone),
         )
 
+    def _alone(self, i: int, spent: np.ndarray) -> OptimizationSolution:
+        """Member i solved alone (it met a non-finite objective: the single run finds its
+        best finite iterate), its counts added to what the ensemble spent on it."""
+        problem = self.ensemble.member(i)
+        options = dataclasses.replace(
+            self.options, ensemble=None, callback=None, progress=None, maxtime=None
+        )
+        try:
+            sol = self.run.again(problem, options).solve(self.consts)
+        except ObjectiveError as err:  # non-finite at its start
+            sol = OptimizationSolution(
+                u=problem.u0, objective=math.nan, retcode=ReturnCode.Failure, stats=Stats(),
+                message=str(err),
+            )
+        return dataclasses.replace(sol, stats=Stats(
+            iterations=sol.stats.iterations, fevals=sol.stats.fevals + int(spent[FEVALS]),
+            gevals=sol.stats.gevals + int(spent[GEVALS]),
+        ))
+
     def _verdicts(
-        self, stop: Stop, status: np.ndarray, counts: np.ndarray, broken: np.ndarray,
-        lost: np.ndarray,
+        self, stop: Stop, status: np.ndarray, lost: np.ndarray
     ) -> tuple[list[ReturnCode], list[Callable[[], str]]]:
         """Each member's return code, and its message (built on demand)."""
-        method, options = self.method, self.options
-        by_status: dict[int, ReturnCode] = {}
+        method, options, stops = self.method, self.options, self.method.stops
         codes, messages = [], []
         for i, s in enumerate(status.tolist()):
             if lost[i]:
                 codes.append(ReturnCode.Failure)
                 messages.append(lambda: "no evaluation returned a finite objective; returning u0")
-            elif broken[i] and not method.search:
-                at = int(counts[i, ITERATIONS])
-                codes.append(stop.retcode if s == RUNNING and stop.retcode else ReturnCode.Failure)
-                messages.append(lambda at=at: (
-                    f"the objective became non-finite after {at} {self.run.unit}; returning "
-                    "the best finite iterate"
-                ))
             elif s == RUNNING and stop.retcode is not None:
                 codes.append(stop.retcode)
                 messages.append(lambda: stop.message)
             elif s >= FIRST_STOP:
-                if s not in by_status:
-                    by_status[s] = method.verdict(s, self._state(i), options)[0]
-                codes.append(by_status[s])
+                code = stops[s][0] if s in stops else method.verdict(s, self._state(i), options)[0]
+                codes.append(code)
                 messages.append(lambda s=s, i=i: method.verdict(s, self._state(i), options)[1])
-            else:
+            else:  # the budget spent (a non-finite member is replaced: `_alone`)
                 code, message = budget_message(options, self.run.unit)
                 codes.append(code)
                 messages.append(lambda message=message: message)
@@ -284,17 +314,19 @@ def _column(mask: np.ndarray, x: Any) -> np.ndarray:
 
 
 class _Members:
-    """Member i's `OptimizationSolution`, built on demand from the stacked results."""
+    """Member i's `OptimizationSolution`, built on demand from the stacked results (or the
+    solution of its run alone)."""
 
-    def __init__(self, run: EnsembleRun, u, objective, codes, messages, counts, best) -> None:
-        self.run, self.u, self.objective = run, u, objective
-        self.codes, self.messages, self.counts, self.best = codes, messages, counts, best
+    def __init__(self, run, u, objective, codes, messages, counts, best, alone) -> None:
+        self.run, self.u, self.objective, self.codes = run, u, objective, codes
+        self.messages, self.counts, self.best, self.alone = messages, counts, best, alone
 
     def __call__(self, i: int) -> OptimizationSolution:
+        if i in self.alone:
+            return self.alone[i]
         run, method = self.run, self.run.method
         state = run._state(i)
-        steps = self.counts[i, STEPS]
-        best_u = member(run.carry.best_u, i)
+        best_u = None if run.carry.best_u is None else member(run.carry.best_u, i)
         message = "; ".join(m for m in (self.messages[i](), method.note(state)) if m)
         extra = None if run.extra is None else member(run.extra, i)
         return OptimizationSolution(
@@ -306,6 +338,6 @@ class _Members:
                 gevals=int(self.counts[i, GEVALS]),
             ),
             original=method.result(state, run.consts, extra),
-            state=method.export(state, steps, (best_u, self.best[i])),
+            state=method.export(state, self.counts[i, STEPS], (best_u, self.best[i])),
             message=message,
         )
