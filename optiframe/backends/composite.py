@@ -8,11 +8,13 @@ import time
 import warnings
 from typing import Any
 
+import jax
 import numpy as np
 import optax
 
 from .._checks import count
 from ..data import is_data_iterator
+from ..ensemble import EnsembleProblem, EnsembleSolution
 from ..errors import OptiframeError
 from ..flat import ravel, restore_like, to_device
 from ..problem import OptimizationProblem
@@ -51,6 +53,10 @@ class MultiStart(Algorithm):
     infeasible (among all runs if every one did). `sol.original` holds every run's
     solution, in the order of the starting points; `stats` add up all runs. `maxtime` is
     the budget of the whole multistart: no run starts after it is spent.
+
+    With an on-device local algorithm (optax, optimistix, evosax, a gradient flow) and no
+    executor, the starts are one `EnsembleProblem` over `u0s`: one compiled program, all
+    starts running together, and `sol.original` is its `EnsembleSolution`.
 
     Args:
         alg: the local algorithm (an object or a registered name).
@@ -107,6 +113,11 @@ class MultiStart(Algorithm):
         from ..solve import solve
 
         local, start = self.local, time.perf_counter()
+        if local.capabilities.ensemble and self.executor is None:  # one vmapped program
+            starts = self.starts(problem)
+            u0s = jax.tree.map(lambda *leaves: np.stack(leaves), *starts)
+            runs = solve(EnsembleProblem(problem, u0s=u0s), local, **_forward(options))
+            return self._best(runs, len(runs))
         problems = [problem.remake(u0=u0) for u0 in self.starts(problem)]
 
         def run(prob: OptimizationProblem) -> OptimizationSolution | None:
@@ -119,20 +130,32 @@ class MultiStart(Algorithm):
             return solve(prob, local, **keywords)
 
         runs = list((map if self.executor is None else self.executor.map)(run, problems))
-        done = [sol for sol in runs if sol is not None]
+        return self._best(runs, sum(sol is not None for sol in runs))
+
+    @staticmethod
+    def _best(runs: Any, done: int) -> OptimizationSolution:
+        """The best of `runs` (solutions, None for a start not run; or an
+        `EnsembleSolution`), with every run in `original` and the counts added up."""
+        if isinstance(runs, EnsembleSolution):
+            ran, codes, objectives = range(len(runs)), runs.retcodes, runs.objective
+            stats = runs.stats
+        else:
+            ran = [i for i, sol in enumerate(runs) if sol is not None]
+            codes = [None if sol is None else sol.retcode for sol in runs]
+            objectives = [np.nan if sol is None else sol.objective for sol in runs]
+            stats = _total([runs[i].stats for i in ran])
         good = [
-            sol for sol in done
-            if sol.retcode not in (ReturnCode.Failure, ReturnCode.Infeasible)
-            and np.isfinite(sol.objective)
+            i for i in ran
+            if codes[i] not in (ReturnCode.Failure, ReturnCode.Infeasible)
+            and np.isfinite(objectives[i])
         ]
-        best = min(good or done, key=lambda sol: sol.objective)
-        retcode, message = best.retcode, f"best of {len(done)} starts: {best.message}"
-        if len(done) < len(runs):
+        best = runs[min(good or ran, key=lambda i: objectives[i])]
+        retcode, message = best.retcode, f"best of {done} starts: {best.message}"
+        if done < len(runs):
             retcode = ReturnCode.MaxTime
-            message = f"maxtime reached after {len(done)} of {len(runs)} starts; " + message
+            message = f"maxtime reached after {done} of {len(runs)} starts; " + message
         return dataclasses.replace(
-            best, retcode=retcode, message=message, original=runs,
-            stats=_total([sol.stats for sol in done]),
+            best, retcode=retcode, message=message, original=runs, stats=stats,
         )
 
 
