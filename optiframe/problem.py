@@ -521,6 +521,16 @@ class OptimizationProblem:
             f"OptimizationProblem is immutable; use prob.remake({name}=...) for a new one."
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its fields (for a process pool or a dask worker), rebuilt anew."""
+        return _rebuild_problem, (self._fields(), self.kwargs)
+
+    def _fields(self) -> dict[str, Any]:
+        return dict(
+            f=self.f, u0=self.u0, p=self.p, lb=self.lb, ub=self.ub, lcons=self.lcons,
+            ucons=self.ucons, integrality=self.integrality, sense=self.sense,
+        )
+
     @property
     def has_bounds(self) -> bool:
         return self.lb is not None
@@ -541,10 +551,7 @@ class OptimizationProblem:
         Example:
             >>> prob2 = prob.remake(u0=sol.u)
         """
-        fields = dict(
-            f=self.f, u0=self.u0, p=self.p, lb=self.lb, ub=self.ub, lcons=self.lcons,
-            ucons=self.ucons, integrality=self.integrality, sense=self.sense,
-        )
+        fields = self._fields()
         kwargs = dict(self.kwargs)
         for name, value in changes.items():
             if name in fields:
@@ -562,6 +569,10 @@ class OptimizationProblem:
             ) if on
         ]
         return f"OptimizationProblem(u0 shapes={shapes}, sense={self.sense.name}, {extras})"
+
+
+def _rebuild_problem(fields: dict[str, Any], kwargs: dict[str, Any]) -> OptimizationProblem:
+    return OptimizationProblem(**fields, **kwargs)
 
 
 def remake(prob: OptimizationProblem, **changes: Any) -> OptimizationProblem:
