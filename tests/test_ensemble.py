@@ -106,16 +106,17 @@ def test_gradient_flow_members_count_their_own_gradients(alg):
     assert_members_match(esol, ens, alg, exact=False, maxiters=500, abstol=1e-4)
 
 
-def test_evosax_members_with_the_same_seed_are_their_own_solves():
+def test_evosax_members_with_the_same_seed_match_their_own_solves():
     ens = ensemble(u0s=None)
     bounded = ens.prob.remake(lb=-2.0, ub=2.0)
     ens = opf.EnsembleProblem(bounded, ps=ens.ps)
     alg = opf.EvoSax("SNES", population_size=8, seed=3)
     esol = opf.solve(ens, alg, maxiters=20)
-    assert_members_match(esol, ens, alg, exact=True, maxiters=20)
+    assert_members_match(esol, ens, alg, exact=False, maxiters=20)
 
 
-def test_a_member_that_turns_nan_fails_alone_and_the_others_succeed():
+@pytest.mark.parametrize("abstol", [1e-4, None], ids=["tested", "in-step"])
+def test_a_member_that_turns_nan_fails_alone_and_the_others_do_not(abstol):
     def log_barrier(u, p):
         return jnp.sum((u - p) ** 2) - jnp.log(u[0])  # NaN for u[0] < 0
 
@@ -123,11 +124,12 @@ def test_a_member_that_turns_nan_fails_alone_and_the_others_succeed():
     prob = opf.OptimizationProblem(log_barrier, jnp.ones(2), jnp.ones(2))
     ens = opf.EnsembleProblem(prob, ps=jnp.asarray(targets, jnp.result_type(float)))
     alg = optax.sgd(0.1)
-    esol = opf.solve(ens, alg, maxiters=300, abstol=1e-4)
-    assert esol.retcodes[:2] == (opf.ReturnCode.Success,) * 2
+    esol = opf.solve(ens, alg, maxiters=300, abstol=abstol)
+    code = opf.ReturnCode.MaxIters if abstol is None else opf.ReturnCode.Success
+    assert esol.retcodes[:2] == (code,) * 2
     assert esol.retcodes[2] is opf.ReturnCode.Failure and "non-finite" in esol[2].message
     assert np.all(np.isfinite(esol.u)) and np.all(np.isfinite(esol.objective))
-    single = alone(ens, 2, alg, maxiters=300, abstol=1e-4)
+    single = alone(ens, 2, alg, maxiters=300, abstol=abstol)
     np.testing.assert_array_equal(esol[2].u, single.u)
     assert esol[2].objective == single.objective
     assert esol[2].stats.fevals > single.stats.fevals  # the ensemble's calls counted too

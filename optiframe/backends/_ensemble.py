@@ -63,26 +63,63 @@ class EnsembleProgram:
     """The jitted functions of one `Program` vmapped over N members: carries stacked
     along axis 0, `p` stacked too (`p_axis` 0) or shared (None).
 
-    - `init(u, p, consts)`: the members' first carries;
-    - `run(carry, limit, total, p, consts)`: `Program.run` for every member;
+    - `init(u, p, consts, steps)`: the members' first carries;
+    - `start(u, p, consts, limit, total)`: the first carries and `run` up to `limit`, in
+      one program;
+    - `run(carry, limit, total, p, consts) -> (carry, extra)`: every member's iterations up
+      to `limit` or its stop, then, at `total`, the loss at its final point;
     - `step(carry, p, consts) -> (carry, evaluation, news)`: one iteration of every member
       still running, the others unchanged; `news` (N, 3) as `Program.step`'s, a stopped
       member's with its last objective, no iteration and its status;
-    - `final(carry, p, consts, need)`: the loss at the final point of the members `need`;
-    - `point(state)`: the members' points (`DeviceMethod.point`).
+    - `final(carry, p, consts, need)`: the loss at the final point of the members `need`.
+
+    A method without stopping tests whose iterations all cost the same (`DeviceMethod.steady`:
+    optax without a line search) runs its members in step: one loop over a count no member
+    owns, so that nothing is tested per member each iteration, what no member's data
+    changes (optax's step count) is computed once, and nothing but the step is computed
+    (the loss neither): on small problems a vmapped loop that tests each member costs
+    2-3x more a step, and the record of each iteration (`Program._record`) as much again.
     """
 
     def __init__(self, program: Program, p_axis: int | None) -> None:
         self.program, self.p_axis = program, p_axis
         self.init = jax.jit(jax.vmap(program._init, in_axes=(0, p_axis, None, None)))
+        self.start = jax.jit(self._start)
         self.run = jax.jit(self._run)
         self.step = jax.jit(self._step)
         self.final = jax.jit(self._final)
-        self.point = jax.jit(jax.vmap(program.method.point))
+
+    def _member(self, carry: Carry, first: Any, limit: Any, total: Any, p: Any, consts: Any):
+        """One member's `run` (traced under vmap). A method whose iterations all cost the
+        same and test nothing (`DeviceMethod.steady`), with no best point to keep, runs in
+        step with the others from iteration `first` and records nothing per iteration: a
+        non-finite objective shows at the final point, and the member is solved again
+        alone (`EnsembleRun._alone`)."""
+        program, method = self.program, self.program.method
+        steady = method.steady(carry.state)
+        if method.run is not None or steady is None or program.spec.track_best:
+            return program._run(carry, limit, total, p, None, consts)
+
+        def body(loop):
+            k, state = loop
+            return k + 1, method.step(state, p, consts)[0]
+
+        _, state = jax.lax.while_loop(lambda c: c[0] < limit, body, (first, carry.state))
+        added = (limit - first) * steady
+        counts = carry.counts + jnp.concatenate([added[:1], added, jnp.zeros(1, jnp.int32)])
+        return program._finish(carry._replace(state=state, counts=counts), p, consts, total), None
+
+    def _start(self, u: Any, p: Any, consts: Any, limit: Any, total: Any) -> tuple:
+        def member(u, p):
+            carry = self.program._init(u, p, consts, 0)[0]
+            return self._member(carry, jnp.zeros((), jnp.int32), limit, total, p, consts)
+
+        return jax.vmap(member, in_axes=(0, self.p_axis))(u, p)
 
     def _run(self, carry: Carry, limit: Any, total: Any, p: Any, consts: Any) -> tuple:
-        run = lambda c, p: self.program._run(c, limit, total, p, None, consts)
-        after, extra = jax.vmap(run, in_axes=(0, self.p_axis))(carry, p)
+        first = jnp.max(carry.counts[:, ITERATIONS])  # every member in step is there
+        member = lambda c, p: self._member(c, first, limit, total, p, consts)
+        after, extra = jax.vmap(member, in_axes=(0, self.p_axis))(carry, p)
         running = carry.counts[:, STATUS] == RUNNING  # (a method's own loop runs them all)
         return _select(running, after, carry), extra
 
@@ -130,9 +167,7 @@ class EnsembleRun:
         self.consts, options = consts, self.options
         self.clock = Clock(options.maxtime)
         self.progress = Progress(options.progress, options.maxiters)
-        p0 = self.p if self.method.evaluates_start else None
-        self.carry, first = self.program.init(self.u, p0, consts, 0)
-        self.initial, self.extra, self.ahead = self.carry, None, None
+        self.carry = self.extra = self.ahead = None
         stop = Stop()
         try:
             with stopped(stop, self._answer):
@@ -140,10 +175,17 @@ class EnsembleRun:
         finally:
             if self.progress.bar is not None:
                 self.progress.close(*self._shown())
+        if self.carry is None:  # interrupted before the first carry came back
+            self._first()
         return self._solution(stop)
 
+    def _first(self) -> None:
+        """The members' first carries (`p` given where the method's start needs it)."""
+        p0 = self.p if self.method.evaluates_start else None
+        self.carry = self.program.init(self.u, p0, self.consts, 0)[0]
+
     def _answer(self) -> str:
-        kept = self.carry.best_u is not None
+        kept = self.carry is not None and self.carry.best_u is not None
         return "every member's " + ("best iterate so far" if kept else "last iterate")
 
     def _running(self, counts: np.ndarray) -> bool:
@@ -163,9 +205,10 @@ class EnsembleRun:
         total, options = self.options.maxiters, self.options
         run = lambda c, limit: self.program.run(c, limit, total, self.p, self.consts)
         if options.maxtime is None and self.progress.bar is None:
-            self.carry, self.extra = run(self.carry, total)
+            self.carry, self.extra = self.program.start(self.u, self.p, self.consts, total, total)
             self._running(np.asarray(self.carry.counts))
             return
+        self._first()
         size = 1
         while True:
             done, tic = self._shown()[0], self.clock.elapsed()
@@ -187,6 +230,7 @@ class EnsembleRun:
         objective, the point it stopped at)."""
         step = lambda c: self.program.step(c, self.p, self.consts)
         total = self.options.maxiters
+        self._first()
         pending = step(self.carry)
         for done in range(1, total + 1):
             after, ev, news = pending
@@ -232,9 +276,9 @@ class EnsembleRun:
             use_best, lost = kept & (best < final), np.zeros(self.n, bool)
         loss = np.where(use_best, best, final)
         loss[lost] = np.nan
-        points, best_u, starts = jax.device_get(
-            (self.program.point(self.carry.state), self.carry.best_u, self.u)
-        )
+        # (a point is a part of the state: the method's `point` takes the stacked states)
+        points = self.carry.best_u if method.search else method.point(self.carry.state)
+        points, best_u, starts = jax.device_get((points, self.carry.best_u, self.u))
         if best_u is None:
             best_u = points
         u = jax.tree.map(

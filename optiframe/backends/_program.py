@@ -107,6 +107,11 @@ class DeviceMethod:
         """The point `state` stands at, in `u0`'s structure."""
         raise NotImplementedError
 
+    def steady(self, state: Any) -> jax.Array | None:
+        """int32[3]: the iterations, fevals and gevals every iteration adds, if they never
+        vary (no line search) and the method has no stopping test; else None."""
+        return None
+
     def final(self, state: Any, p: Any, consts: Any) -> tuple[Any, jax.Array]:
         """(signed loss at `point(state)`, `counts(...)` of computing it)."""
         raise NotImplementedError
@@ -246,11 +251,13 @@ class Program:
         return carry._replace(counts=counts, losses=carry.losses.at[FINAL].set(loss))
 
     def _finish(self, carry: Carry, p: Any, consts: Any, total: Any) -> Carry:
-        """Record the loss at the final point once `total` iterations are done."""
+        """Record the loss at the final point, unknown yet, once `total` iterations are done
+        or a stopping test passed (not at the end of a chunk, or at a non-finite value)."""
         if self.method.search:
             return carry
         c = carry.counts
-        due = (c[STATUS] == RUNNING) & (c[ITERATIONS] >= total) & ~jnp.isfinite(carry.losses[FINAL])
+        ended = (c[STATUS] >= FIRST_STOP) | ((c[STATUS] == RUNNING) & (c[ITERATIONS] >= total))
+        due = ended & ~jnp.isfinite(carry.losses[FINAL])
         return jax.lax.cond(due, lambda c: self._final(c, p, consts), lambda c: c, carry)
 
     def _run(self, carry, limit, total, p, key, consts) -> tuple[Carry, Any]:

@@ -291,6 +291,12 @@ class OptaxMethod(DeviceMethod):
         )
         return (params, opt_state, loss if spec.reltol else None), evaluation
 
+    def steady(self, state: Any) -> jax.Array | None:
+        if self.spec.abstol or self.spec.reltol or self.spec.linesearch:
+            return None
+        n = sum(x.size for x in jax.tree.leaves(self._eval_point(state[0])))
+        return counts(1, self.derivs.fevals_per("value_and_grad", n), 1)
+
     def final(self, state: Any, p: Any, consts: Any) -> tuple[Any, jax.Array]:
         return self.derivs.value(self.point(state), p).astype(loss_dtype()), counts(0, 1, 0)
 
