@@ -7,10 +7,12 @@ nox.options.sessions = ["tests", "lint", "docs"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, once with JAX's default float32 and once with JAX_ENABLE_X64=1."""
+    """The test suite, once with JAX's default float32 and once with JAX_ENABLE_X64=1, on
+    every core (at most four pytest-xdist workers)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs, env={"JAX_ENABLE_X64": "0"})
-    session.run("pytest", *session.posargs, env={"JAX_ENABLE_X64": "1"})
+    parallel = ("-n", "auto", "--maxprocesses", "4")  # pytest-xdist: compiling is serial
+    session.run("pytest", *parallel, *session.posargs, env={"JAX_ENABLE_X64": "0"})
+    session.run("pytest", *parallel, *session.posargs, env={"JAX_ENABLE_X64": "1"})
 
 
 @nox.session

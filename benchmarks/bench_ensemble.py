@@ -58,7 +58,8 @@ SOLVER = optx.BFGS(rtol=1e-8, atol=1e-8)
 
 
 def rosenbrock(u, p):
-    """Chained Rosenbrock with coefficients p = (a, b); minimum 0 at u = a."""
+    """Σ b (u[i+1] - u[i]²)² + (a - u[i])² with p = (a, b): minimum 0 at u = 1 for
+    a = 1, elsewhere a compromise between the terms."""
     return jnp.sum(p[1] * (u[1:] - u[:-1] ** 2) ** 2 + (p[0] - u[:-1]) ** 2)
 
 

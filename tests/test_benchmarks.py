@@ -59,3 +59,20 @@ def test_nevergrad_benchmark_smoke_run(capsys):
     assert all(ratio > 0 for _, ratio, _ in rows)
     out = capsys.readouterr().out
     assert "ask/tell limit" in out and "targets met" in out
+
+
+def test_ensemble_benchmark_smoke_run():
+    # In a subprocess: the benchmark turns on float64 for its whole process (and its process
+    # pool starts workers that import it as a script).
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_ensemble.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for row in ("B / A (warm throughput)", "B vs L (warm)", "E / S (warm throughput)",
+                "pool / serial"):
+        assert row in out
+    assert "targets met" in out

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import optiframe as opf
 from scripts import EXAMPLES
 from scripts import load as load_script
 
@@ -62,3 +63,15 @@ def test_gradient_free(tmp_path):
     np.testing.assert_allclose(np.asarray(out["host"].u), [1.0, -2.0], atol=1e-2)
     assert out["batched"].stats.fevals == 300
     assert all(curve[-1] <= curve[0] for curve in out["curves"].values())
+
+
+def test_many_problems():
+    out = load("many_problems").main(["--quick"])
+    sweep = out["sweep"]
+    assert len(sweep) == 50 and all(code.successful for code in sweep.retcodes)
+    for i in (0, 49):  # the objective SciPy's L-BFGS-B reaches on the member alone
+        alone = opf.solve(sweep.ensemble.member(i), opf.LBFGSB())
+        assert sweep.objective[i] == pytest.approx(alone.objective, abs=1e-4)
+    np.testing.assert_allclose(np.asarray(out["fits"].u), out["truth"], atol=0.1)
+    assert len(out["multistart"].original) == 32 and out["multistart"].objective < 2.0
+    assert out["host"].successful.all()

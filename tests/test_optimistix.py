@@ -22,7 +22,8 @@ RTOL = 1e-12 if X64 else 1e-4
 
 
 def chained_rosenbrock(u, p):
-    """Σ b (u[i+1] - u[i]²)² + (a - u[i])², minimum 0 at u = a (all i)."""
+    """Σ b (u[i+1] - u[i]²)² + (a - u[i])² with p = (a, b): minimum 0 at u = 1 for
+    a = 1, elsewhere a compromise between the terms."""
     return jnp.sum(p[1] * (u[1:] - u[:-1] ** 2) ** 2 + (p[0] - u[:-1]) ** 2)
 
 
