@@ -219,15 +219,16 @@ def solve_members(
     keywords: dict[str, Any], executor: concurrent.futures.Executor | None,
 ) -> EnsembleSolution:
     """Each member as one `solve(member, alg, **keywords)`, on `executor` if given (a
-    process pool needs the problem and the algorithm to pickle); `maxtime` is the budget of
-    the whole ensemble: a member started after it is spent stops at its first iteration."""
+    process pool needs the problem and the algorithm to pickle). Serially, `maxtime` is the
+    budget of the whole ensemble (a member started after it is spent stops at its first
+    iteration); on an executor, each member's."""
     start, maxtime = time.perf_counter(), keywords.get("maxtime")
 
     def run(i: int) -> OptimizationSolution:
-        if maxtime is not None:
-            left = maxtime - (time.perf_counter() - start)
-            keywords["maxtime"] = max(left, 1e-9)
-        return solve(ensemble.member(i), alg, **keywords)
+        left = {} if maxtime is None else {
+            "maxtime": max(maxtime - (time.perf_counter() - start), 1e-9)
+        }
+        return solve(ensemble.member(i), alg, **{**keywords, **left})
 
     indices = range(len(ensemble))
     if executor is None:
