@@ -21,17 +21,21 @@ def test_optax_benchmark_smoke_run(capsys):
     assert "targets met" in capsys.readouterr().out
 
 
-def test_scipy_benchmark_smoke_run():
-    # In a subprocess: the benchmark turns on float64 for its whole process.
+def quick_run(name):
+    """The output of `python benchmarks/NAME.py --quick`, in a subprocess: the benchmarks
+    that turn on float64 do it for their whole process."""
     import subprocess
 
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_scipy.py"), "--quick"],
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert out.count("nfev identical: True") == 2
+
+
+def test_scipy_benchmark_smoke_run():
+    assert quick_run("bench_scipy").count("nfev identical: True") == 2
 
 
 def test_neural_ode_benchmark_smoke_run(capsys):
@@ -62,16 +66,7 @@ def test_nevergrad_benchmark_smoke_run(capsys):
 
 
 def test_ensemble_benchmark_smoke_run():
-    # In a subprocess: the benchmark turns on float64 for its whole process (and its process
-    # pool starts workers that import it as a script).
-    import subprocess
-
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_ensemble.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = quick_run("bench_ensemble")  # (its process pool starts workers that import it)
     for row in ("B / A (warm throughput)", "B vs L (warm)", "E / S (warm throughput)",
                 "pool / serial"):
         assert row in out
