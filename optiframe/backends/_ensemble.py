@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +41,6 @@ from ._program import (
     Program,
     Spec,
 )
-
-if TYPE_CHECKING:  # the run that hands an ensemble over
-    from ._device import DeviceRun
 
 
 def _select(mask: Any, new: Any, old: Any) -> Any:
@@ -141,9 +138,10 @@ class EnsembleProgram:
 
 class EnsembleRun:
     """One `solve` of an `EnsembleProblem` with an on-device method: `run` is the
-    `DeviceRun` the algorithm built for the shared problem (its method, key and options)."""
+    `_device.DeviceRun` the algorithm built for the shared problem (its method, key and
+    options; not imported here: it hands the ensemble over)."""
 
-    def __init__(self, run: DeviceRun, ensemble: EnsembleProblem) -> None:
+    def __init__(self, run: Any, ensemble: EnsembleProblem) -> None:
         self.run, self.ensemble, self.n = run, ensemble, len(ensemble)
         self.method, self.options = run.method, run.options
         self.p_axis = None if ensemble.ps is None else 0
