@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import optimistix as optx
 import pytest
 
@@ -216,3 +217,22 @@ def test_names_build_nothing_until_solved(monkeypatch):
     prob = opf.OptimizationProblem(chained_rosenbrock, jnp.zeros(3), ROSEN_P)
     with pytest.raises(opf.UnsupportedFeatureError, match=r"optiframe\[optimistix\]"):
         opf.solve(prob, opf.Optimistix("BFGS"))
+
+
+@pytest.mark.parametrize("solver", [
+    optx.GradientDescent(learning_rate=0.05, rtol=1e-7, atol=1e-7),
+    optx.OptaxMinimiser(optax.adam(0.05), rtol=1e-7, atol=1e-7),
+], ids=["GradientDescent", "OptaxMinimiser"])
+def test_first_order_minimisers_take_optimistix_s_steps(solver):
+    def quadratic(u, p):
+        return jnp.sum(p * (u - 1.0) ** 2)
+
+    weights = jnp.array([1.0, 2.0, 4.0])
+    prob = opf.OptimizationProblem(quadratic, jnp.zeros(3), weights)
+    sol = opf.solve(prob, opf.Optimistix(solver), maxiters=2000)
+    ref = optx.minimise(quadratic, solver, jnp.zeros(3), weights, max_steps=2000)
+    assert sol.retcode is opf.ReturnCode.Success
+    assert sol.stats.iterations == int(ref.stats["num_steps"])
+    assert (sol.stats.fevals, sol.stats.gevals) == (sol.stats.iterations + 1, sol.stats.iterations)
+    np.testing.assert_allclose(sol.u, ref.value, rtol=RTOL, atol=RTOL)
+    np.testing.assert_allclose(sol.u, np.ones(3), atol=1e-3)
