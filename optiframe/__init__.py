@@ -1,40 +1,10 @@
 """optiframe: describe an optimisation problem once, solve it with optax, SciPy,
 Nevergrad and more by changing one argument."""
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .backends.base import Algorithm, Capabilities, SolveOptions
-from .backends.composite import MultiStart, PolyOpt
-from .backends.evosax import EvoSax, EvoSaxResult, EvoSaxState, EvoSaxStep
-from .backends.nevergrad import Nevergrad, NevergradResult, NevergradStep
-from .backends.ode import (
-    GradientFlow,
-    GradientFlowState,
-    HighOrderDescent,
-    ODEGradientDescent,
-    RKAccelerated,
-    RKChebyshevDescent,
-)
-from .backends.optax import Optax, OptaxState
-from .backends.optimistix import Optimistix, OptimistixState
-from .backends.scipy import (
-    BFGS,
-    CG,
-    COBYLA,
-    COBYQA,
-    LBFGSB,
-    SLSQP,
-    TNC,
-    Dogleg,
-    NelderMead,
-    NewtonCG,
-    Powell,
-    ScipyMinimize,
-    TrustConstr,
-    TrustExact,
-    TrustKrylov,
-    TrustNCG,
-)
-from .backends.scipy_global import SHGO, BasinHopping, DifferentialEvolution, Direct, DualAnnealing
-from .backends.scipy_least_squares import ScipyLeastSquares
 from .data import DataLoader
 from .ensemble import EnsembleProblem, EnsembleSolution
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
@@ -42,6 +12,106 @@ from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, Optimiz
 from .progress import ProgressBar
 from .solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from .solve import solve
+
+if TYPE_CHECKING:  # the backends, for readers and tools; imported on first use (below)
+    from .backends.composite import MultiStart, PolyOpt
+    from .backends.evosax import EvoSax, EvoSaxResult, EvoSaxState, EvoSaxStep
+    from .backends.nevergrad import Nevergrad, NevergradResult, NevergradStep
+    from .backends.ode import (
+        GradientFlow,
+        GradientFlowState,
+        HighOrderDescent,
+        ODEGradientDescent,
+        RKAccelerated,
+        RKChebyshevDescent,
+    )
+    from .backends.optax import Optax, OptaxState
+    from .backends.optimistix import Optimistix, OptimistixState
+    from .backends.scipy import (
+        BFGS,
+        CG,
+        COBYLA,
+        COBYQA,
+        LBFGSB,
+        SLSQP,
+        TNC,
+        Dogleg,
+        NelderMead,
+        NewtonCG,
+        Powell,
+        ScipyMinimize,
+        TrustConstr,
+        TrustExact,
+        TrustKrylov,
+        TrustNCG,
+    )
+    from .backends.scipy_global import (
+        SHGO,
+        BasinHopping,
+        DifferentialEvolution,
+        Direct,
+        DualAnnealing,
+    )
+    from .backends.scipy_least_squares import ScipyLeastSquares
+
+# Each backend's public names, imported with their module when first used: `import
+# optiframe` loads no backend (and so neither SciPy's optimizers nor optax).
+_BACKEND_OF = {
+    "MultiStart": "composite",
+    "PolyOpt": "composite",
+    "EvoSax": "evosax",
+    "EvoSaxResult": "evosax",
+    "EvoSaxState": "evosax",
+    "EvoSaxStep": "evosax",
+    "Nevergrad": "nevergrad",
+    "NevergradResult": "nevergrad",
+    "NevergradStep": "nevergrad",
+    "GradientFlow": "ode",
+    "GradientFlowState": "ode",
+    "HighOrderDescent": "ode",
+    "ODEGradientDescent": "ode",
+    "RKAccelerated": "ode",
+    "RKChebyshevDescent": "ode",
+    "Optax": "optax",
+    "OptaxState": "optax",
+    "Optimistix": "optimistix",
+    "OptimistixState": "optimistix",
+    "BFGS": "scipy",
+    "CG": "scipy",
+    "COBYLA": "scipy",
+    "COBYQA": "scipy",
+    "LBFGSB": "scipy",
+    "SLSQP": "scipy",
+    "TNC": "scipy",
+    "Dogleg": "scipy",
+    "NelderMead": "scipy",
+    "NewtonCG": "scipy",
+    "Powell": "scipy",
+    "ScipyMinimize": "scipy",
+    "TrustConstr": "scipy",
+    "TrustExact": "scipy",
+    "TrustKrylov": "scipy",
+    "TrustNCG": "scipy",
+    "SHGO": "scipy_global",
+    "BasinHopping": "scipy_global",
+    "DifferentialEvolution": "scipy_global",
+    "Direct": "scipy_global",
+    "DualAnnealing": "scipy_global",
+    "ScipyLeastSquares": "scipy_least_squares",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _BACKEND_OF:
+        raise AttributeError(f"module 'optiframe' has no attribute {name!r}")
+    module = importlib.import_module(f".backends.{_BACKEND_OF[name]}", __name__)
+    value = globals()[name] = getattr(module, name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Algorithm",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
+import functools
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +97,13 @@ class Algorithm(abc.ABC):
         """Run on `problem` and return an `OptimizationSolution`."""
 
 
+# The backend modules: each registers its names and adapters when imported, which happens
+# the first time a name, an adapter or the list of algorithms is needed (`load_backends`),
+# not with `import optiframe`.
+BACKENDS = (
+    "optax", "optimistix", "scipy", "scipy_global", "scipy_least_squares", "composite",
+    "nevergrad", "evosax", "ode",
+)
 _NAMES: dict[str, tuple[str, Callable[[], Algorithm]]] = {}  # key -> (spelling, factory)
 _PREFIXES: dict[str, tuple[str, Callable[[str], Algorithm]]] = {}
 _ADAPTERS: list[tuple[Callable[[Any], bool], Callable[[Any], Algorithm]]] = []
@@ -119,13 +128,22 @@ def register_adapter(accepts: Callable[[Any], bool], wrap: Callable[[Any], Algor
     _ADAPTERS.append((accepts, wrap))
 
 
+@functools.cache
+def load_backends() -> None:
+    """Import every backend module (once), registering its names and adapters."""
+    for name in BACKENDS:
+        importlib.import_module(f"{__package__}.{name}")
+
+
 def registered_names() -> list[str]:
     """The registered names, as they were registered."""
+    load_backends()
     return sorted(name for name, _ in _NAMES.values())
 
 
 def registered_algorithms() -> dict[str, Algorithm]:
     """Every registered name with a default instance (construction imports nothing)."""
+    load_backends()
     return {name: factory() for name, factory in sorted(_NAMES.values())}
 
 
@@ -137,6 +155,7 @@ def resolve(alg: Any) -> Algorithm:
     """
     if isinstance(alg, Algorithm):
         return alg
+    load_backends()
     if isinstance(alg, str):
         key = _normalise(alg)
         if key in _NAMES:

@@ -10,7 +10,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 
 from .._checks import count
 from ..data import is_data_iterator
@@ -181,6 +180,8 @@ class PolyOpt(Algorithm):
         return Capabilities(bounds=True, data=True, needs=frozenset({"grad"}), keywords=keywords)
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:
+        import optax
+
         from ..solve import solve  # solve imports the backends: resolved at call time
 
         if is_data_iterator(problem.p) or problem.has_bounds:  # one phase

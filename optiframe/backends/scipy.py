@@ -13,10 +13,9 @@ import functools
 import importlib
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.optimize
 
 from .._checks import lookup
 from ..problem import OptimizationProblem
@@ -24,6 +23,9 @@ from ..solution import OptimizationSolution, ReturnCode
 from ._host import HostRun, flat_bounds
 from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register, register_prefix
+
+if TYPE_CHECKING:
+    import scipy.optimize
 
 OK, MAX, STALL = ReturnCode.Success, ReturnCode.MaxIters, ReturnCode.Stalled
 FAIL, INFEAS, TERM = ReturnCode.Failure, ReturnCode.Infeasible, ReturnCode.Terminated
@@ -225,6 +227,8 @@ class _MinimizeRun(HostRun):
     alg: ScipyMinimize
 
     def minimize(self) -> scipy.optimize.OptimizeResult:
+        import scipy.optimize
+
         spec, obj, problem = self.alg.spec, self.objective, self.problem
         solver_options = self.options.solver_options
         check_options(solver_options, spec.options, f"solve(..., **options) with {self.alg!r}")
@@ -261,6 +265,8 @@ class _MinimizeRun(HostRun):
         """`lcons <= cons(x) <= ucons` in the method's form: one constraint with the
         Lagrangian Hessian for trust-constr, equalities and inequalities apart for SLSQP
         and COBYLA (which treat them separately)."""
+        import scipy.optimize
+
         obj, problem, name = self.objective, self.problem, self.alg.spec.name
         lower, upper = problem.lcons, problem.ucons
         if name not in ("SLSQP", "COBYLA"):
@@ -292,6 +298,8 @@ class _MinimizeRun(HostRun):
 
 
     def original(self, result: Any, x: np.ndarray, loss: float, message: str) -> Any:
+        import scipy.optimize
+
         if result is not None:
             return result
         return scipy.optimize.OptimizeResult(

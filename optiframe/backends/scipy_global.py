@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import scipy.optimize
 
 from .._checks import seed as check_seed
 from ..problem import OptimizationProblem
@@ -21,6 +20,9 @@ from ..solution import OptimizationSolution, ReturnCode
 from ._host import HostRun, flat_bounds
 from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register
+
+if TYPE_CHECKING:
+    import scipy.optimize
 
 _KEYWORDS = frozenset(("maxiters", "maxtime", "callback", "progress", "save_best"))
 # Arguments of SciPy's functions that optiframe sets itself.
@@ -51,13 +53,14 @@ class _Global(Algorithm):
     """Shared by the global methods: bounds required, u = best point evaluated.
 
     Attributes:
-        function: the SciPy function.
+        function: the name of the SciPy function (in `scipy.optimize`, imported when a
+            method is built).
         maxiter: its argument that `maxiters` sets.
         budget: what that argument counts.
         messages: (phrase in SciPy's message, ReturnCode), checked in order.
     """
 
-    function: ClassVar[Callable[..., Any]]
+    function: ClassVar[str]
     maxiter: ClassVar[str] = "maxiter"
     budget: ClassVar[str] = "iterations"
     messages: ClassVar[tuple[tuple[str, ReturnCode], ...]] = ()
@@ -74,7 +77,13 @@ class _Global(Algorithm):
     @classmethod
     def known(cls) -> frozenset[str]:
         """The options SciPy's function takes that optiframe does not set itself."""
-        return frozenset(inspect.signature(cls.function).parameters) - _RESERVED
+        return frozenset(inspect.signature(cls.scipy_function()).parameters) - _RESERVED
+
+    @classmethod
+    def scipy_function(cls) -> Callable[..., Any]:
+        import scipy.optimize
+
+        return getattr(scipy.optimize, cls.function)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -110,7 +119,7 @@ class DifferentialEvolution(_SeededGlobal):
         **options: passed to SciPy (`popsize`, `strategy`, `tol`, `polish`, ...).
     """
 
-    function = staticmethod(scipy.optimize.differential_evolution)
+    function = "differential_evolution"
     budget = "generations"
     messages = (
         ("maximum number of iterations", ReturnCode.MaxIters),
@@ -118,6 +127,8 @@ class DifferentialEvolution(_SeededGlobal):
     )
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
+        import scipy.optimize
+
         def callback(intermediate_result):
             run.iteration(intermediate_result.x, intermediate_result.fun)
 
@@ -136,13 +147,15 @@ class DualAnnealing(_SeededGlobal):
         **options: passed to SciPy.
     """
 
-    function = staticmethod(scipy.optimize.dual_annealing)
+    function = "dual_annealing"
     messages = (
         ("maximum number of iteration", ReturnCode.MaxIters),
         ("maximum number of function call", ReturnCode.MaxIters),
     )
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
+        import scipy.optimize
+
         obj = run.objective
 
         def callback(x, f, context):
@@ -163,9 +176,11 @@ class SHGO(_Global):
         **options: passed to SciPy (`n`, `iters`, `sampling_method`, `options`, ...).
     """
 
-    function = staticmethod(scipy.optimize.shgo)
+    function = "shgo"
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
+        import scipy.optimize
+
         obj = run.objective
         settings = {**self.options, **run.options.solver_options}
         inner = dict(settings.pop("options", {}))
@@ -186,13 +201,15 @@ class Direct(_Global):
         **options: passed to SciPy (`eps`, `maxfun`, `locally_biased`, `vol_tol`, ...).
     """
 
-    function = staticmethod(scipy.optimize.direct)
+    function = "direct"
     messages = (
         ("larger than maxfun", ReturnCode.MaxIters),
         ("larger than maxiter", ReturnCode.MaxIters),
     )
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
+        import scipy.optimize
+
         return scipy.optimize.direct(
             run.objective.value, scipy.optimize.Bounds(*flat_bounds(run.problem)),
             callback=run.iteration, **self.settings(run),
@@ -209,7 +226,7 @@ class BasinHopping(_SeededGlobal):
         **options: passed to SciPy (`T`, `stepsize`, `niter_success`, ...).
     """
 
-    function = staticmethod(scipy.optimize.basinhopping)
+    function = "basinhopping"
     maxiter, budget = "niter", "hops"
     messages = (("requested number of basinhopping iterations", ReturnCode.MaxIters),)
 
@@ -220,6 +237,8 @@ class BasinHopping(_SeededGlobal):
         )
 
     def call(self, run: HostRun) -> scipy.optimize.OptimizeResult:
+        import scipy.optimize
+
         obj, bounds = run.objective, flat_bounds(run.problem)
         local: dict[str, Any] = {"method": "L-BFGS-B", "jac": True}
         settings = self.settings(run)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.optimize
 
 from ..errors import InvalidProblemError, UnsupportedFeatureError
 from ..problem import MinSense, OptimizationProblem
@@ -14,6 +13,9 @@ from ..solution import OptimizationSolution, ReturnCode
 from ._host import HostRun, flat_bounds
 from ._lifecycle import check_options
 from .base import Algorithm, Capabilities, SolveOptions, register
+
+if TYPE_CHECKING:
+    import scipy.optimize
 
 _METHODS = ("trf", "dogbox", "lm")
 # Arguments of `least_squares` that optiframe sets itself, and those the keywords set.
@@ -73,6 +75,8 @@ class ScipyLeastSquares(Algorithm):
 
 
 def _known() -> frozenset[str]:
+    import scipy.optimize
+
     return frozenset(inspect.signature(scipy.optimize.least_squares).parameters) - _RESERVED
 
 
@@ -80,6 +84,8 @@ class _LeastSquaresRun(HostRun):
     alg: ScipyLeastSquares
 
     def minimize(self) -> scipy.optimize.OptimizeResult:
+        import scipy.optimize
+
         obj, options = self.objective, self.options
         given = {**self.alg.options, **options.solver_options}
         settings = self.settings("least_squares", given, _KEYWORD_OPTIONS)
