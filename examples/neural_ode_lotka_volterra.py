@@ -232,14 +232,6 @@ def plot(params, data, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def enable_compilation_cache(directory: pathlib.Path) -> None:
-    """JAX's persistent compilation cache: a second run loads what the first compiled."""
-    directory.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few iterations (tests)")
@@ -257,13 +249,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--cache-dir",
         type=pathlib.Path,
-        default=pathlib.Path.home() / ".cache" / "optiframe" / "jax",
-        help="JAX's persistent compilation cache (default: ~/.cache/optiframe/jax)",
+        default=None,
+        help="JAX's persistent compilation cache (default: opf.enable_compilation_cache's, "
+        "~/.cache/optiframe/jax)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.adam_epochs, args.lbfgs_iters, args.final_iters = 2, 3, 5
-    enable_compilation_cache(args.cache_dir)
+    opf.enable_compilation_cache(args.cache_dir)
     print(f"JAX backend: {jax.default_backend()} ({jax.devices()[0].device_kind})")
     tic = time.perf_counter()
     result = fit(args.seed, args.adam_epochs, args.lbfgs_iters, args.final_iters, args.lbfgs)

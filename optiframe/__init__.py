@@ -5,6 +5,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import Algorithm, Capabilities, SolveOptions
+from .cache import enable_compilation_cache
 from .data import DataLoader
 from .ensemble import EnsembleProblem, EnsembleSolution
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
@@ -127,6 +128,7 @@ __all__ = [
     "Dogleg",
     "EnsembleProblem",
     "EnsembleSolution",
+    "enable_compilation_cache",
     "DualAnnealing",
     "EvoSax",
     "EvoSaxResult",

@@ -17,9 +17,9 @@ def to_device(u0: Any) -> Any:
 
     def leaf(x):
         dtype = jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x))
-        if isinstance(x, jax.Array) and x.dtype == dtype and not x.weak_type:
-            return x
-        return jnp.asarray(x, dtype=dtype)
+        if isinstance(x, jax.Array):
+            return x if x.dtype == dtype and not x.weak_type else x.astype(dtype)
+        return jax.device_put(np.asarray(x, dtype))  # converted on the host: compiles nothing
 
     return jax.tree.map(leaf, u0)
 
@@ -37,6 +37,22 @@ def device_shapes(u0: Any) -> Any:
 def ravel(u: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     """The leaves of `u` concatenated into one vector (n,), and the inverse map."""
     return ravel_pytree(u)
+
+
+def unraveler(u0: Any, dtype: Any = None) -> Callable[[jax.Array], Any]:
+    """The inverse of `ravel` for `u0`'s structure, made from its shapes alone (it runs and
+    compiles nothing until traced): leaves in `dtype`, or in `to_device(u0)`'s dtypes."""
+    leaves, treedef = jax.tree.flatten(device_shapes(u0))
+    ends = np.cumsum([int(np.prod(leaf.shape)) for leaf in leaves])[:-1].tolist()
+
+    def unravel(x: jax.Array) -> Any:
+        parts = jnp.split(x, ends)
+        return jax.tree.unflatten(treedef, [
+            part.reshape(leaf.shape).astype(dtype or leaf.dtype)
+            for part, leaf in zip(parts, leaves)
+        ])
+
+    return unravel
 
 
 def restore_like(u: Any, u0: Any) -> Any:

@@ -99,9 +99,11 @@ class DeviceRun:
         if warm is None:
             self.start_p = self._p(0)
             return program.init(self.u, self.start_p, self.consts, 0)
-        fresh = lambda: jax.eval_shape(
-            lambda: self._export(program.init(self.u, self._p(0), self.consts, 0)[0])
-        )
+        def exported() -> Any:  # what a fresh run's state looks like (traced)
+            carry = program.init(self.u, self._p(0), self.consts, 0)[0]
+            return self._export(carry, carry.counts, carry.losses)
+
+        fresh = lambda: jax.eval_shape(exported)
         if not self.method.accepts(warm.state, fresh):
             raise InvalidProblemError(
                 f"`solve(warm_start=sol)`: sol.state does not come from {self.alg!r} on a "
@@ -118,9 +120,10 @@ class DeviceRun:
             return None
         return self.feed.batch(step)
 
-    def _export(self, carry: Carry) -> Any:
-        best = (carry.best_u, carry.losses[BEST])
-        return self.method.export(carry.state, carry.counts[STEPS], best)
+    def _export(self, carry: Carry, counts: Any, losses: Any) -> Any:
+        """`sol.state` of `carry`, whose counts and losses are given (as NumPy on the host:
+        indexing them on the device compiles a program)."""
+        return self.method.export(carry.state, counts[STEPS], (carry.best_u, losses[BEST]))
 
     # -- the drivers
 
@@ -135,23 +138,47 @@ class DeviceRun:
         self.progress = Progress(self.options.progress, self.options.maxiters)
         # The `p` of the start point and of the point the run ends on, once known.
         self.start_p = self.last_p = None
-        self.carry, first = self._start()
-        self.initial, self.extra, self.ahead = self.carry, None, None
+        self.carry = self.initial = self.extra = self.ahead = None
         self.best_u, self.best_loss = None, np.inf  # a stepwise run's best, on the host
+        options = self.options
+        whole = not (self.stepwise or options.warm_start or options.maxtime or options.progress)
         stop = Stop()
         try:
             with stopped(stop, self._answer):
-                if self._status(self.carry) == RUNNING:
-                    (self._stepwise if self.stepwise else self._fused)(first)
+                if whole:  # the start and the run, one program
+                    self._whole()
+                else:
+                    self.carry, first = self._start()
+                    self.initial = self.carry
+                    if self._status(self.carry) == RUNNING:
+                        (self._stepwise if self.stepwise else self._fused)(first)
         finally:
             if self.progress.bar is not None:
                 self.progress.close(*self._shown())
+        if self.carry is None:  # interrupted before the first carry came back
+            self.carry = self._initial()
         return self._solution(stop)
+
+    def _initial(self) -> Carry:
+        """The run's first carry (a run in one program computes it only if needed)."""
+        if self.initial is None:
+            self.start_p = self._p(0)
+            self.initial = self.program.init(self.u, self.start_p, self.consts, 0)[0]
+        return self.initial
+
+    def _whole(self) -> None:
+        """A fresh fused run without chunks: the start and every iteration in one call."""
+        total, (p, key) = self.options.maxiters, self.feed.fused_args()
+        self.start_p = self._p(0)
+        self.carry, self.extra = self.program.start(
+            self.u, self.start_p, total, total, p, key, self.consts
+        )
+        self._status(self.carry)
 
     def _answer(self) -> str:
         """What an interrupted run returns: the best iterate, unless a fused run kept none
         and ended (the signal came after it) on a finite iterate."""
-        if self.tracked or self.stepwise or (
+        if self.tracked or self.stepwise or self.carry is not None and (
             int(np.asarray(self.carry.counts)[STATUS]) == NONFINITE  # see `_rescue`
         ):
             return "the best iterate so far"
@@ -176,13 +203,13 @@ class DeviceRun:
         the bar at most."""
         total, (p, key) = self.options.maxiters, self.feed.fused_args()
         run = lambda c, limit: self.program.run(c, limit, total, p, key, self.consts)
-        if self.options.maxtime is None and self.progress.bar is None:
+        if self.options.maxtime is None and self.progress.bar is None:  # a warm start
             self.carry, self.extra = run(self.carry, total)
             self._status(self.carry)
             return
         size = 1
         while True:
-            done, tic = int(self.carry.counts[ITERATIONS]), self.clock.elapsed()
+            done, tic = int(np.asarray(self.carry.counts)[ITERATIONS]), self.clock.elapsed()
             self.carry, self.extra = run(self.carry, min(total, done + size))
             status = self._status(self.carry)
             now_done, loss = self._shown()
@@ -200,11 +227,12 @@ class DeviceRun:
         """One compiled iteration per call; the next one is dispatched before the host
         reads this one, so the callback and the bar overlap the device's work. If the run
         stops there, that iteration (`self.ahead`) is discarded, and its evaluations counted."""
-        total, done = self.options.maxiters, int(self.carry.counts[ITERATIONS])
+        counts = np.asarray(self.carry.counts)  # (indexing it on the device compiles)
+        total, done = self.options.maxiters, int(counts[ITERATIONS])
         if first is not None and done:  # the method's start was an iteration
             self._show(done, self.carry, self.carry, first, self.start_p)
         batches = self.feed.batches(
-            int(self.carry.counts[STEPS]), None if total is None else total - done
+            int(counts[STEPS]), None if total is None else total - done
         )
         step = lambda c, b: self.program.step(c, b, self.consts)
         batch = next(batches, _END)
@@ -254,7 +282,7 @@ class DeviceRun:
         once more; a run that kept no best point (a method's own loop cannot) is run again
         from its start, one tracked iteration at a time, up to where it stopped. The counts
         stay the run's, plus these evaluations."""
-        initial, ran = self.initial, np.asarray(self.carry.counts)
+        initial, ran = self._initial(), np.asarray(self.carry.counts)
         if self.start_p is None:
             self.start_p = self._p(int(initial.counts[STEPS]), needed=True)
         start = self.program.final(initial, self.start_p, self.consts)
@@ -281,7 +309,7 @@ class DeviceRun:
         """(the best evaluated point, its signed loss) kept on the device or, in a stepwise
         run, by the host; (None, inf) when none was kept."""
         if self.carry.best_u is not None:
-            return self.carry.best_u, float(self.carry.losses[BEST])
+            return self.carry.best_u, float(np.asarray(self.carry.losses)[BEST])
         return self.best_u, self.best_loss
 
     def _solution(self, stop: Stop) -> OptimizationSolution:
@@ -315,7 +343,7 @@ class DeviceRun:
                         f"The objective is {self.sign * start_loss} at u0; start from a point "
                         "where it is finite."
                     )
-                u, loss = self.method.point(self.initial.state), math.nan
+                u, loss = self.method.point(self._initial().state), math.nan
             retcode = retcode or ReturnCode.Failure
             message = message or (
                 f"the objective became non-finite after {at} {self.unit}; returning the "
@@ -345,7 +373,7 @@ class DeviceRun:
                 gevals=int(counts[GEVALS]) + host_gevals,
             ),
             original=method.result(carry.state, self.consts, self.extra),
-            state=self._export(carry),
+            state=self._export(carry, counts, np.asarray(carry.losses)),
             message=message,
         )
 

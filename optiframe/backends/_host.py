@@ -28,7 +28,7 @@ import numpy as np
 
 from ..derivatives import Derivatives, derivatives, finite_grad, finite_value, raise_host_error
 from ..errors import InvalidProblemError, ObjectiveError, OptiframeError
-from ..flat import host_unraveler, ravel, restore_like, to_device
+from ..flat import host_unraveler, ravel, restore_like, unraveler
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from ._lifecycle import Clock, Halt, Progress, Stop, budget_message, cached, call_back, stopped
@@ -56,11 +56,7 @@ def _flat_functions(problem: OptimizationProblem, x64: bool) -> dict[str, Callab
     key = (problem.sense, treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves), x64)
 
     def build() -> dict[str, Callable[..., Any]]:
-        with float64(x64):
-            template = to_device(problem.u0)
-            if x64:
-                template = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float64), template)
-            _, unravel = ravel(template)
+        unravel = unraveler(problem.u0, jnp.float64 if x64 else None)
         return _build(derivatives(problem.f, problem.sense), unravel, problem.f.ad)
 
     return cached(problem.f, "host", key, build)

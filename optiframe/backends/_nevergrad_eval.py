@@ -17,7 +17,7 @@ import numpy as np
 
 from ..derivatives import derivatives
 from ..errors import ObjectiveError, OptiframeError
-from ..flat import ravel, to_device
+from ..flat import to_device, unraveler
 from ..problem import OptimizationProblem
 from ._lifecycle import cached
 from ._nevergrad_space import SearchSpace
@@ -93,16 +93,6 @@ def _violations(values: np.ndarray, problem: OptimizationProblem) -> np.ndarray:
 # --------------------------------------------------------------------------- JAX
 
 
-def _unravel(u0: Any, x64: bool) -> Any:
-    """The inverse of `ravel` for `u0`'s structure, giving float64 leaves (or `u0`'s
-    dtypes on the device)."""
-    with float64(x64):
-        template = to_device(u0)
-        if x64:
-            template = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float64), template)
-        return ravel(template)[1]
-
-
 def _program(problem: OptimizationProblem, size: int, chunk: int | None, x64: bool) -> Any:
     """`fun` (and `cons`) over `size` flat candidates in one jitted call, in float64 under
     JAX's x64 mode (or in `u0`'s dtypes), `jax.vmap`-ed over all of them or over `chunk` at a
@@ -111,7 +101,7 @@ def _program(problem: OptimizationProblem, size: int, chunk: int | None, x64: bo
 
     def build() -> Any:
         derivs = derivatives(problem.f, problem.sense)
-        unravel = _unravel(problem.u0, x64)
+        unravel = unraveler(problem.u0, jnp.float64 if x64 else None)
         cons = derivs.cons if problem.has_constraints else None
 
         def one(x, p):
@@ -218,7 +208,7 @@ class HostConstraints:
         self.jax, self.p = None, problem.p
         if problem.f.ad == "jax":
             self.p = as_float64(problem.p)
-            cons, unravel = problem.f.cons, _unravel(problem.u0, x64=True)
+            cons, unravel = problem.f.cons, unraveler(problem.u0, jnp.float64)
             one = lambda x, p: jnp.atleast_1d(cons(unravel(x), p))
             self.jax = jax.jit(jax.vmap(one, in_axes=(0, None)))
 

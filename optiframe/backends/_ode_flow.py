@@ -66,7 +66,7 @@ def solve_flow(
             "explicit solver (e.g. opf.RKAccelerated())."
         )
     dtype = jnp.result_type(*(x.dtype for x in leaves))
-    return run.solve(jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], dtype))
+    return run.solve(np.asarray([options.abstol or 0.0, options.reltol or 0.0], dtype))
 
 
 # -- the step budget

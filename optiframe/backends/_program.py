@@ -184,6 +184,8 @@ class Program:
     - `run(carry, limit, total, p, key, consts) -> (carry, extra)`: iterations until
       `limit` or a stop, then, at `total`, the loss at the final point; for a `DataLoader`,
       `p` is its arrays and `key` its key (or None);
+    - `start(u, start_p, limit, total, p, key, consts)`: `init` and `run` in one program
+      (a fresh fused run compiles one program, not two);
     - `final(carry, p, consts) -> carry`: the loss at the final point, recorded.
     """
 
@@ -193,6 +195,7 @@ class Program:
         self.resume = jax.jit(self._resume)
         self.step = jax.jit(self._step)
         self.run = jax.jit(self._run)
+        self.start = jax.jit(self._start)
         self.final = jax.jit(self._final)
 
     def _resume(self, state: Any, steps: Any, best: tuple[Any, Any] | None = None) -> Carry:
@@ -259,6 +262,11 @@ class Program:
         ended = (c[STATUS] >= FIRST_STOP) | ((c[STATUS] == RUNNING) & (c[ITERATIONS] >= total))
         due = ended & ~jnp.isfinite(carry.losses[FINAL])
         return jax.lax.cond(due, lambda c: self._final(c, p, consts), lambda c: c, carry)
+
+    def _start(self, u, start_p, limit, total, p, key, consts) -> tuple[Carry, Any]:
+        """`init` (with `start_p`), then `run`: a fresh run in one program."""
+        carry = self._init(u, start_p, consts, 0)[0]
+        return self._run(carry, limit, total, p, key, consts)
 
     def _run(self, carry, limit, total, p, key, consts) -> tuple[Carry, Any]:
         if self.method.run is not None:  # the method's own loop

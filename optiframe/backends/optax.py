@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..derivatives import derivatives
 from ..errors import OptiframeError
@@ -93,8 +94,10 @@ def _structure(alg: Optax) -> tuple[bool, bool]:
     if alg.fingerprint not in _STRUCTURES:
         init = alg.transform.init
         lookahead = getattr(init, "__qualname__", "").startswith("lookahead.")
-        params = optax.LookaheadParams.init_synced(jnp.zeros(1)) if lookahead else jnp.zeros(1)
-        linesearch = bool(linesearch_states(jax.eval_shape(init, params)))
+        wrap = optax.LookaheadParams.init_synced if lookahead else lambda params: params
+        one = jax.ShapeDtypeStruct((1,), float)
+        shapes = jax.eval_shape(lambda params: init(wrap(params)), one)
+        linesearch = bool(linesearch_states(shapes))
         if len(_STRUCTURES) > 256:
             _STRUCTURES.clear()
         _STRUCTURES[alg.fingerprint] = (lookahead, linesearch)
@@ -179,7 +182,7 @@ class Optax(Algorithm):
             jax.tree.map(lambda b, x: jnp.asarray(b, x.dtype), bound, run.u)
             for bound in (problem.lb, problem.ub)
         )
-        tol = jnp.asarray([options.abstol or 0.0, options.reltol or 0.0], loss_dtype())
+        tol = np.asarray([options.abstol or 0.0, options.reltol or 0.0], loss_dtype())
         return run.solve((bounds, tol))
 
 

@@ -193,7 +193,7 @@ class Optimistix(Algorithm):
         run = DeviceRun(self, problem, options, key, build)
         rtol = solver.rtol if options.reltol is None else options.reltol
         atol = solver.atol if options.abstol is None else options.abstol
-        return run.solve(jnp.asarray([rtol, atol], loss_dtype()))
+        return run.solve(np.asarray([rtol, atol], loss_dtype()))
 
 
 def _families(optx: Any) -> tuple[type, ...]:
