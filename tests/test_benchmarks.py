@@ -71,3 +71,8 @@ def test_ensemble_benchmark_smoke_run():
                 "pool / serial"):
         assert row in out
     assert "targets met" in out
+
+
+def test_startup_benchmark_smoke_run():
+    out = quick_run("bench_startup")
+    assert "import optiframe / import jax" in out and "targets met" in out
