@@ -95,7 +95,7 @@ def _structure(alg: Optax) -> tuple[bool, bool]:
         init = alg.transform.init
         lookahead = getattr(init, "__qualname__", "").startswith("lookahead.")
         wrap = optax.LookaheadParams.init_synced if lookahead else lambda params: params
-        one = jax.ShapeDtypeStruct((1,), float)
+        one = jax.ShapeDtypeStruct((1,), jnp.float32)
         shapes = jax.eval_shape(lambda params: init(wrap(params)), one)
         linesearch = bool(linesearch_states(shapes))
         if len(_STRUCTURES) > 256:
