@@ -9,10 +9,14 @@ capped at 1,000 iterations (n = 2 and 100 converge before; n = 10,000 would need
   naive   the same, but f and its gradient evaluated by two separate jitted functions
           (`jac=grad`), as wrappers that do not fuse them do;
   opf     `opf.solve(prob, opf.LBFGSB())` on an `OptimizationProblem` of the same function.
+          Its jitted program returns the value and the gradient packed in one vector, so
+          each evaluation copies one array to the host where `raw` copies two (`float(f)`
+          and `np.asarray(g)`, about 5 us each on this machine): that is why it can beat
+          `raw`.
 
 Every contender runs once before timing (compilation excluded), then the median wall time
 of `--repeats` interleaved rounds is reported, with the ratio to `raw` and each run's
-`nfev`. Target: opf / raw <= 1.10 at n = 100 and n = 10,000, with identical `nfev`.
+`nfev`. Target: opf / raw <= 1.02 at n = 100 and n = 10,000, with identical `nfev`.
 
 Run: `python benchmarks/bench_scipy.py` (about a minute), or `--quick` for a smoke run.
 """
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, bool]]:
         ratio = stats["opf"][0] / raw_time
         same = stats["opf"][1] == raw_nfev
         rows.append((n, ratio, same))
-        verdict = "PASS" if (n < 100 or ratio <= 1.10) and same else "MISS"
+        verdict = "PASS" if (n < 100 or ratio <= 1.02) and same else "MISS"
         print(f"{'':>6}  opf/raw = {ratio:.3f}, nfev identical: {same}  {verdict}")
     return rows
 

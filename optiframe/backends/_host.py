@@ -67,9 +67,10 @@ def _build(d: Derivatives, unravel: Callable[..., Any], ad: str | None) -> dict[
     fns: dict[str, Callable[..., Any]] = {"value": lambda x, p: d.value(unravel(x), p)}
     if d.value_and_grad is not None:
 
-        def value_and_grad(x, p):
+        def value_and_grad(x, p):  # one vector [loss, *grad]: one transfer, not two
             (loss, _), grad = d.value_and_grad(unravel(x), p)
-            return loss, flat(grad)
+            grad = flat(grad)
+            return jnp.concatenate([jnp.reshape(loss, 1).astype(grad.dtype), grad])
 
         fns["value_and_grad"] = value_and_grad
     if d.hess is not None:
@@ -99,8 +100,10 @@ def _float64(out: jax.Array) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
-def _loss_and_grad(out: tuple[jax.Array, jax.Array]) -> tuple[float, np.ndarray]:
-    return float(out[0]), np.asarray(out[1], np.float64)
+def _loss_and_grad(out: jax.Array) -> tuple[float, np.ndarray]:
+    """(loss, gradient (n,)) from the packed [loss, *grad]."""
+    out = np.asarray(out, np.float64)
+    return float(out[0]), out[1:]
 
 
 class BestPoint:
