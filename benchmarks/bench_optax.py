@@ -11,16 +11,20 @@ over synthetic data drawn from fixed PRNG keys:
    D  the same loop pulling the loss to the host every step (`float(loss)`), as a
       per-step callback needs;
    D2 (for information, no target) as D, but the loss of step k is read after step k + 1
-      has been dispatched, the overlap optiframe's stepwise driver uses;
-   opf.solve fused    `opf.solve(prob, adam, maxiters=steps)`, compared with A;
-   opf.solve callback `opf.solve(..., callback=lambda state, loss: False)`, compared with D.
+      has been dispatched (the overlap optiframe's stepwise driver uses on batches);
+   opf.solve fused    `opf.solve(prob, adam, maxiters=steps)`, compared with A (target
+      0.96x);
+   opf.solve callback `opf.solve(..., callback=lambda state, loss: False)`, compared with D
+      (target 1.5x): on full data optiframe computes chunks of iterations ahead in one
+      call and shows them to the callback one by one while the next chunk runs.
 
 2. Minibatches: an `opf.DataLoader` over 8,192 samples, batch 256, shuffled, `--epochs`
    epochs (default 10, i.e. 320 steps):
    E  a jitted `lax.scan` over epochs that draws
       `jax.random.permutation(jax.random.fold_in(key, epoch), N)` each epoch and gathers
       every batch by index inside the compiled loop (the loader's own order);
-   opf.solve loader   `opf.solve(prob_loader, adam, epochs=epochs)`, compared with E.
+   opf.solve loader   `opf.solve(prob_loader, adam, epochs=epochs)`, compared with E (target
+      0.96x).
 
 Every contender is called twice before timing (the first call compiles), so compile time
 is excluded everywhere; what is timed is the whole call (for optiframe the whole
@@ -267,14 +271,14 @@ def full_batch_contenders(steps: int) -> list[Contender]:
             lambda: _block(opf.solve(prob, opt, maxiters=steps).u),
             steps,
             baseline="A  jitted lax.scan",
-            target=0.95,
+            target=0.96,
         ),
         Contender(
             "opf.solve callback",
             lambda: _block(opf.solve(prob, opt, maxiters=steps, callback=no_callback).u),
             steps,
             baseline="D  Python loop + float(loss)",
-            target=0.90,
+            target=1.5,
         ),
     ]
 
@@ -326,7 +330,7 @@ def minibatch_contenders(epochs: int) -> list[Contender]:
             lambda: _block(opf.solve(prob, opt, epochs=epochs).u),
             steps,
             baseline="E  jitted scan over epochs",
-            target=0.95,
+            target=0.96,
         ),
     ]
 

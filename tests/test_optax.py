@@ -218,6 +218,47 @@ def test_callback_sees_each_iteration_and_can_stop():
     np.testing.assert_allclose(states[1].u, states[0].u - 0.1 * states[0].grad, atol=1e-6)
 
 
+def optax_loop(problem, tx, steps, params=None):
+    """`steps` iterations of optax's own update on `problem` (the reference)."""
+    params = problem.u0 if params is None else params
+    state = tx.init(params)
+    grad = jax.jit(jax.grad(problem.fun))
+    for _ in range(steps):
+        updates, state = tx.update(grad(params, problem.p), state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("stop", ["callback", "interrupt"])
+def test_a_run_stopped_mid_chunk_ends_on_the_iteration_its_callback_saw(stop):
+    # On full data a run with a callback computes up to MAX_CHUNK iterations per call;
+    # stopped at iteration 150, deep in a chunk, it ends there: the state and the counts are
+    # those of 150 iterations, and a warm start continues as if it had not stopped.
+    tx, seen = optax.adam(0.05), []
+
+    def callback(state, loss):
+        seen.append(state)
+        if state.iter == 150:
+            if stop == "interrupt":
+                raise KeyboardInterrupt
+            return True
+
+    prob = make(PYTREE)
+    if stop == "interrupt":
+        with pytest.warns(UserWarning, match="interrupted: returning the best iterate"):
+            sol = opf.solve(prob, tx, maxiters=300, callback=callback)
+    else:
+        sol = opf.solve(prob, tx, maxiters=300, callback=callback)
+    assert sol.retcode is opf.ReturnCode.Terminated
+    assert [s.iter for s in seen] == list(range(1, 151)) and sol.stats.iterations == 150
+    assert sol.stats.gevals >= 150 and sol.stats.fevals == sol.stats.gevals + 1
+    # the same updates in another compiled program: equal to float rounding
+    assert max_error(sol.state.params, optax_loop(PYTREE, tx, 150)) < 1e-5
+    assert max_error(seen[-1].u, optax_loop(PYTREE, tx, 149)) < 1e-5
+    rest = opf.solve(prob, tx, maxiters=150, warm_start=sol)
+    assert max_error(rest.u, optax_loop(PYTREE, tx, 300)) < 1e-5
+
+
 def test_callback_sees_the_auxiliary_output():
     f = opf.OptimizationFunction(lambda u, p: (quadratic(u, p), {"u0": u[0]}), has_aux=True)
     seen = []

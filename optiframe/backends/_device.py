@@ -13,6 +13,8 @@ continues warm starts, and compiles each program once per user function
 from __future__ import annotations
 
 import math
+import operator
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +52,9 @@ from ._program import (
 from .base import Algorithm, SolveOptions
 
 _END = object()  # the end of the stepwise run's batches
+# A stepwise run on full data computes up to MAX_CHUNK iterations ahead per call, as many as
+# take about CHUNK_SECONDS and whose stacked carries and evaluations fit in CHUNK_BYTES.
+MAX_CHUNK, CHUNK_SECONDS, CHUNK_BYTES = 64, 0.02, 4 << 20
 
 
 class DeviceRun:
@@ -186,8 +191,10 @@ class DeviceRun:
 
     def _status(self, carry: Carry) -> int:
         """The status of `carry`, once computed; an exception the objective's host code
-        raised meanwhile is raised here."""
-        status = int(np.asarray(carry.counts)[STATUS])
+        raised meanwhile is raised here. The losses are read with the counts (each array
+        keeps its host copy): a later read of its own would cost a transfer, ~0.1 ms."""
+        counts, _ = jax.device_get((carry.counts, carry.losses))
+        status = int(counts[STATUS])
         raise_host_error()
         return status
 
@@ -224,16 +231,19 @@ class DeviceRun:
                 size = min(size, int(tenth))
 
     def _stepwise(self, first: Evaluation | None) -> None:
-        """One compiled iteration per call; the next one is dispatched before the host
-        reads this one, so the callback and the bar overlap the device's work. If the run
-        stops there, that iteration (`self.ahead`) is discarded, and its evaluations counted."""
+        """One compiled iteration per call (on full data, a chunk of them: `_chunks`); the
+        next one is dispatched before the host reads this one, so the callback and the bar
+        overlap the device's work. If the run stops there, that iteration (`self.ahead`)
+        is discarded, and its evaluations counted."""
         counts = np.asarray(self.carry.counts)  # (indexing it on the device compiles)
         total, done = self.options.maxiters, int(counts[ITERATIONS])
         if first is not None and done:  # the method's start was an iteration
-            self._show(done, self.carry, self.carry, first, self.start_p)
-        batches = self.feed.batches(
-            int(counts[STEPS]), None if total is None else total - done
-        )
+            self._show(done, self.carry.state, self.carry.state, first, self.start_p)
+        calls = None if total is None else total - done
+        size = self._chunk_size()
+        if size > 1:
+            return self._chunks(size, math.inf if calls is None else calls, done)
+        batches = self.feed.batches(int(counts[STEPS]), calls)
         step = lambda c, b: self.program.step(c, b, self.consts)
         batch = next(batches, _END)
         if self.feed.iterator and batch is not _END:
@@ -242,34 +252,100 @@ class DeviceRun:
         while pending is not None:
             after, ev, news = pending
             next_batch = next(batches, _END)
-            pending = self.ahead = None if next_batch is _END else step(after, next_batch)
-            before, self.carry, self.last_p, self.extra = self.carry, after, batch, ev.extra
-            if ev.u is None:
-                ev = ev._replace(u=self.method.evaluated(before.state, after.state))
-            objective, added, status = np.asarray(news).tolist()
-            raise_host_error()
-            if status == NONFINITE:
+            pending = None if next_batch is _END else step(after, next_batch)
+            self.ahead = None if pending is None else pending[0]
+            before, self.carry = self.carry, after
+            done, going = self._iteration(done, before.state, after.state, ev, batch, news)
+            if not going:
                 return
-            if self.sign * objective < self.best_loss and not self.method.search:
-                self.best_u, self.best_loss = ev.u, self.sign * objective
-            done += int(added)
-            self._show(done, before, after, ev, batch, objective)
-            if status != RUNNING:
-                return
-            self.clock.check()
             batch = next_batch
 
+    def _chunk_size(self) -> int:
+        """How many iterations a stepwise run may compute ahead in one call: 1 on batches
+        (taken on the host), else as many as `CHUNK_BYTES` of stacked carries and
+        evaluations hold, at most `MAX_CHUNK`."""
+        if self.feed.loader is not None or self.feed.iterator:
+            return 1
+        nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+        per_step = nbytes(self.carry.state) + 3 * nbytes(self.u)  # the state, u, grad, aux
+        return int(np.clip(CHUNK_BYTES // max(per_step, 1), 1, MAX_CHUNK))
+
+    def _chunks(self, size: int, calls: float, done: int) -> None:
+        """`_stepwise` on full data: up to `size` iterations per call, as many as take
+        about `CHUNK_SECONDS` (one at first). The host reads a chunk's stacked iterations
+        while the device computes the next chunk, and shows them one by one; a run stopped
+        by its callback, the clock or Ctrl-C ends on the iteration shown last, the rest
+        computed ahead (`self.ahead`) discarded and its evaluations counted."""
+        p = self.feed.p
+        chunk = lambda c, n: (*self.program.chunk(c, n, p, self.consts, size=size), n)
+        n, mark = 1, time.perf_counter()
+        pending, calls = chunk(self.carry, n), calls - n
+        before = jax.device_get(self.carry.state)
+        while pending is not None:
+            rows, last, ran = pending
+            n = int(min(n, calls))
+            pending = chunk(last, n) if n > 0 else None
+            calls -= n
+            self.ahead = last if pending is None else pending[1]
+            carries, evs, news = jax.device_get(rows)
+            shown = -1
+            try:
+                for shown in range(ran):
+                    row = operator.itemgetter(shown)
+                    after, ev = jax.tree.map(row, carries.state), jax.tree.map(row, evs)
+                    done, going = self._iteration(done, before, after, ev, p, news[shown])
+                    if not going:  # the chunk stopped here too: `last` is this iteration
+                        self.carry = last
+                        return
+                    before = after
+            except BaseException:
+                if 0 <= shown < ran - 1:
+                    self.carry = self.program.row(rows[0], shown)
+                elif shown == ran - 1:
+                    self.carry = last
+                raise
+            self.carry, self.ahead = last, None if pending is None else pending[1]
+            now = time.perf_counter()
+            per_step, mark = (now - mark) / ran, now
+            ahead = CHUNK_SECONDS
+            if self.options.maxtime is not None:
+                ahead = min(ahead, 0.1 * self.clock.remaining())
+            n = int(np.clip(ahead / max(per_step, 1e-9), 1, size))
+
+    def _iteration(
+        self, done: int, before: Any, after: Any, ev: Evaluation, p: Any, news: Any
+    ) -> tuple[int, bool]:
+        """The host's part of the iteration from state `before` to `after` (on the device
+        or on the host): its `news`, the best point, the bar, the callback, the clock.
+        Returns (iterations done, whether the run goes on)."""
+        self.last_p, self.extra = p, ev.extra
+        if ev.u is None:
+            ev = ev._replace(u=self.method.evaluated(before, after))
+        objective, added, status = np.asarray(news).tolist()
+        raise_host_error()
+        if status == NONFINITE:
+            return done, False
+        if self.sign * objective < self.best_loss and not self.method.search:
+            self.best_u, self.best_loss = ev.u, self.sign * objective
+        done += int(added)
+        self._show(done, before, after, ev, p, objective)
+        if status != RUNNING:
+            return done, False
+        self.clock.check()
+        return done, True
+
     def _show(
-        self, done: int, before: Carry, after: Carry, ev: Evaluation, p: Any,
+        self, done: int, before: Any, after: Any, ev: Evaluation, p: Any,
         objective: float | None = None,
     ) -> None:
-        """The bar and the callback, after iteration `done` (with `ev.loss`, `objective`)."""
+        """The bar and the callback, after iteration `done` from state `before` to `after`
+        (with `ev.loss`, `objective`)."""
         objective = float(ev.loss) if objective is None else objective
         self.progress.show(done, objective)
         if self.options.callback is not None:
             state = OptimizationState(
                 iter=done, u=ev.u, objective=objective, grad=ev.grad, p=p, aux=ev.aux,
-                original=self.method.original(before.state, after.state, ev),
+                original=self.method.original(before, after, ev),
             )
             call_back(self.options.callback, state)
 
@@ -316,7 +392,7 @@ class DeviceRun:
         method, options = self.method, self.options
         counts, losses = jax.device_get((self.carry.counts, self.carry.losses))
         if self.ahead is not None:  # an iteration dispatched ahead: its calls were made
-            counts = _with_calls(counts, np.asarray(self.ahead[0].counts) - counts)
+            counts = _with_calls(counts, np.asarray(self.ahead.counts) - counts)
             self.carry = self.carry._replace(counts=counts)
         status = int(counts[STATUS])
         if not method.search and status != NONFINITE and not np.isfinite(losses[FINAL]):

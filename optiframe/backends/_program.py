@@ -184,6 +184,11 @@ class Program:
     - `run(carry, limit, total, p, key, consts) -> (carry, extra)`: iterations until
       `limit` or a stop, then, at `total`, the loss at the final point; for a `DataLoader`,
       `p` is its arrays and `key` its key (or None);
+    - `chunk(carry, n, p, consts, size)`: up to `n <= size` iterations of `step` on the same
+      `p` (a run with a callback on its full data), stopping early at a stop; every
+      iteration's carry, evaluation and news stacked along a leading axis of `size` (rows
+      past the stop are left as zeros), and the last carry;
+    - `row(rows, i)`: row `i` of `chunk`'s stacked carries, on the device;
     - `start(u, start_p, limit, total, p, key, consts)`: `init` and `run` in one program
       (a fresh fused run compiles one program, not two);
     - `final(carry, p, consts) -> carry`: the loss at the final point, recorded.
@@ -194,6 +199,8 @@ class Program:
         self.init = jax.jit(self._init)
         self.resume = jax.jit(self._resume)
         self.step = jax.jit(self._step)
+        self.chunk = jax.jit(self._chunk, static_argnames="size")
+        self.row = jax.jit(lambda rows, i: jax.tree.map(lambda a: a[i], rows))
         self.run = jax.jit(self._run)
         self.start = jax.jit(self._start)
         self.final = jax.jit(self._final)
@@ -247,6 +254,26 @@ class Program:
         if self.method.evaluated(carry.state, after.state) is not None:  # read on the host
             ev = ev._replace(u=None)
         return after, ev, news
+
+    def _chunk(self, carry: Carry, n: Any, p: Any, consts: Any, size: int) -> tuple[Any, Carry]:
+        step = lambda c: self._step(c, p, consts)
+        shapes = jax.eval_shape(step, carry)
+        idle = lambda c: (c, *jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1:]))
+
+        def body(c: Carry, i: Any) -> tuple[Carry, Any]:
+            going = (i < n) & (c.counts[STATUS] == RUNNING)
+            out = jax.lax.cond(going, step, idle, c)
+            return out[0], out
+
+        if jax.tree.structure(shapes[0]) == jax.tree.structure(carry):
+            last, rows = jax.lax.scan(body, carry, jnp.arange(size))
+            return rows, last
+        # A fresh state its first iteration fills in (a gradient flow's solver state): that
+        # iteration runs first (a chunk from a running carry makes at least one).
+        first = step(carry)
+        last, rows = jax.lax.scan(body, first[0], jnp.arange(1, size))
+        stack = lambda a, b: jnp.concatenate([jnp.asarray(a)[None], b])
+        return jax.tree.map(stack, first, rows), last
 
     def _final(self, carry: Carry, p: Any, consts: Any) -> Carry:
         loss, step = self.method.final(carry.state, p, consts)

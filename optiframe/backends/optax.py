@@ -77,6 +77,18 @@ def _fingerprint(obj: Any, memo: dict[int, Any] | None = None) -> Any:
 
 
 _STRUCTURES: dict[Any, tuple[bool, bool]] = {}
+_FINGERPRINTS: dict[int, tuple[Any, Any]] = {}  # id(transform): (transform, fingerprint)
+
+
+def _fingerprint_of(transform: Any) -> Any:
+    """`_fingerprint` of an optax transform, computed once per transform object (`solve`
+    wraps the same transform in a new `Optax` every call)."""
+    hit = _FINGERPRINTS.get(id(transform))
+    if hit is None or hit[0] is not transform:
+        if len(_FINGERPRINTS) > 256:
+            _FINGERPRINTS.clear()
+        hit = _FINGERPRINTS[id(transform)] = (transform, _fingerprint(tuple(transform)))
+    return hit[1]
 
 
 def _is_transform(obj: Any) -> bool:
@@ -138,14 +150,14 @@ class Optax(Algorithm):
 
     @functools.cached_property
     def fingerprint(self) -> Any:
-        return _fingerprint(tuple(self.transform))
+        return _fingerprint_of(self.transform)
 
-    @property
+    @functools.cached_property
     def lookahead(self) -> bool:
         """The transform is `optax.lookahead` (it works on `LookaheadParams`)."""
         return _structure(self)[0]
 
-    @property
+    @functools.cached_property
     def linesearch(self) -> bool:
         """The transform runs a line search (it needs a fixed objective)."""
         return _structure(self)[1]
