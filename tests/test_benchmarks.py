@@ -76,3 +76,4 @@ def test_ensemble_benchmark_smoke_run():
 def test_startup_benchmark_smoke_run():
     out = quick_run("bench_startup")
     assert "import optiframe / import jax" in out and "targets met" in out
+    assert "floor: hand-written jax / raw" in out and "floor: hand-written jax-c / raw" in out
