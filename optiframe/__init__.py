@@ -9,6 +9,7 @@ from .cache import enable_compilation_cache
 from .data import DataLoader
 from .ensemble import EnsembleProblem, EnsembleSolution
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
+from .history import History, Run, read_history, resume
 from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake
 from .progress import ProgressBar
 from .solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
@@ -136,6 +137,7 @@ __all__ = [
     "EvoSaxStep",
     "GradientFlow",
     "GradientFlowState",
+    "History",
     "HighOrderDescent",
     "InvalidProblemError",
     "LBFGSB",
@@ -162,8 +164,11 @@ __all__ = [
     "PolyOpt",
     "Powell",
     "ProgressBar",
+    "read_history",
     "remake",
+    "resume",
     "ReturnCode",
+    "Run",
     "RKAccelerated",
     "RKChebyshevDescent",
     "ScipyLeastSquares",

@@ -27,13 +27,14 @@ from .derivatives import check_objective, derivatives
 from .ensemble import EnsembleProblem, EnsembleSolution, solve_members
 from .errors import InvalidProblemError, OptiframeError, UnsupportedFeatureError
 from .flat import device_shapes
+from .history import as_history
 from .problem import OptimizationProblem
 from .progress import as_progress
 from .solution import OptimizationSolution
 
 _DEFAULTS = dict(
     maxiters=None, maxtime=None, abstol=None, reltol=None, callback=None, progress=False,
-    epochs=None, warm_start=None, save_best=False,
+    epochs=None, warm_start=None, save_best=False, history=None,
 )
 
 
@@ -50,6 +51,7 @@ def solve(
     epochs: int | None = None,
     warm_start: OptimizationSolution | None = None,
     save_best: bool = False,
+    history: Any = None,
     executor: concurrent.futures.Executor | None = None,
     **solver_options: Any,
 ) -> OptimizationSolution | EnsembleSolution:
@@ -70,6 +72,9 @@ def solve(
         epochs: passes over a data iterator `p`.
         warm_start: a solution of the same algorithm to continue from (its `state`).
         save_best: return the iterate with the lowest objective seen instead of the last.
+        history: a file path or an `opf.History`: record the run there in SQLite (every
+            iteration, checkpoints of the solver's state); `opf.read_history` reads it,
+            `opf.resume` continues it.
         executor: for an `EnsembleProblem` and a host algorithm (SciPy, Nevergrad), the
             `concurrent.futures.Executor` that runs the members (a process pool needs the
             problem and the algorithm to pickle); serial when None.
@@ -98,6 +103,7 @@ def solve(
     given = dict(
         maxiters=maxiters, maxtime=maxtime, abstol=abstol, reltol=reltol, callback=callback,
         progress=progress, epochs=epochs, warm_start=warm_start, save_best=save_best,
+        history=history,
     )
     keywords = {
         name: value if value is not _DEFAULTS[name] else prob.kwargs.get(name, value)
@@ -139,6 +145,11 @@ def _solve_ensemble(
         raise UnsupportedFeatureError(
             "`solve(EnsembleProblem, warm_start=...)` is not supported: start the members "
             "from where an ensemble ended with EnsembleProblem(prob, ps=..., u0s=esol.u)."
+        )
+    if options.history is not None:
+        raise UnsupportedFeatureError(
+            "`solve(EnsembleProblem, history=...)` is not supported: record members one by "
+            "one, solve(ensemble.member(i), alg, history=...)."
         )
     if algorithm.capabilities.ensemble:
         if executor is not None:
@@ -219,6 +230,7 @@ def _validated_options(
         warm_start=warm_start,
         save_best=bool(kw["save_best"]),
         solver_options=solver_options,
+        history=as_history(kw["history"]),
     )
 
 

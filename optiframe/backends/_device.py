@@ -49,12 +49,14 @@ from ._program import (
     Program,
     Spec,
 )
+from ._record import LOG_ROWS, Recorder, params_every
 from .base import Algorithm, SolveOptions
 
 _END = object()  # the end of the stepwise run's batches
 # A stepwise run on full data computes up to MAX_CHUNK iterations ahead per call, as many as
 # take about CHUNK_SECONDS and whose stacked carries and evaluations fit in CHUNK_BYTES.
 MAX_CHUNK, CHUNK_SECONDS, CHUNK_BYTES = 64, 0.02, 4 << 20
+HISTORY_SECONDS = 0.5  # a fused run with a history writes its rows about this often
 
 
 class DeviceRun:
@@ -81,7 +83,7 @@ class DeviceRun:
         self.sign = problem.sense.sign
         self.feed = Feed(problem.p, options.epochs)
         self.stepwise = options.callback is not None or self.feed.iterator or (
-            method.run is not None and options.save_best
+            method.run is not None and (options.save_best or options.history is not None)
         )
         # The best point: kept on the device for a search (it is the answer), and in a
         # fused loop for `save_best` or when run in chunks a user may interrupt (it costs
@@ -91,7 +93,13 @@ class DeviceRun:
         self.tracked = method.search or (
             not self.stepwise and (options.save_best or chunked)
         )
-        self.program = self._program(Spec(self.tracked, None if self.stepwise else self.feed.shape))
+        log = None  # a fused run with a history logs its iterations on the device
+        if options.history is not None and not self.stepwise:
+            n = sum(int(np.size(x)) for x in jax.tree.leaves(problem.u0))
+            every = options.history.params_every or params_every(n)
+            log = (max(LOG_ROWS, every), every)
+        feed = None if self.stepwise else self.feed.shape
+        self.program = self._program(Spec(self.tracked, feed, log))
         self.u = to_device(problem.u0)
 
     def _program(self, spec: Spec) -> Program:
@@ -146,7 +154,13 @@ class DeviceRun:
         self.carry = self.initial = self.extra = self.ahead = None
         self.best_u, self.best_loss = None, np.inf  # a stepwise run's best, on the host
         options = self.options
-        whole = not (self.stepwise or options.warm_start or options.maxtime or options.progress)
+        self.recorder = None if options.history is None else Recorder(
+            options.history, self.problem, self.alg, options
+        )
+        whole = not (
+            self.stepwise or options.warm_start or options.maxtime or options.progress
+            or self.recorder
+        )
         stop = Stop()
         try:
             with stopped(stop, self._answer):
@@ -155,6 +169,11 @@ class DeviceRun:
                 else:
                     self.carry, first = self._start()
                     self.initial = self.carry
+                    if first is not None and self.recorder is not None:
+                        counts = np.asarray(self.carry.counts)
+                        if counts[ITERATIONS]:  # the method's start was an iteration
+                            self.recorder.row(counts[ITERATIONS], float(first.loss),
+                                              counts[FEVALS], first.u)
                     if self._status(self.carry) == RUNNING:
                         (self._stepwise if self.stepwise else self._fused)(first)
         finally:
@@ -210,25 +229,54 @@ class DeviceRun:
         the bar at most."""
         total, (p, key) = self.options.maxiters, self.feed.fused_args()
         run = lambda c, limit: self.program.run(c, limit, total, p, key, self.consts)
-        if self.options.maxtime is None and self.progress.bar is None:  # a warm start
-            self.carry, self.extra = run(self.carry, total)
+        recorder = self.recorder
+        if self.options.maxtime is None and self.progress.bar is None and recorder is None:
+            self.carry, self.extra = run(self.carry, total)  # a warm start
             self._status(self.carry)
             return
         size = 1
         while True:
             done, tic = int(np.asarray(self.carry.counts)[ITERATIONS]), self.clock.elapsed()
+            since = None if recorder is None else recorder.elapsed()
             self.carry, self.extra = run(self.carry, min(total, done + size))
             status = self._status(self.carry)
             now_done, loss = self._shown()
+            if recorder is not None:
+                self._write_log(done, now_done, since)
+                self._checkpoint(now_done)
             self.progress.show(now_done, loss)
             if status != RUNNING or now_done >= total:
                 return
             self.clock.check()
             size = self.progress.every or total
+            per_step = max((self.clock.elapsed() - tic) / max(now_done - done, 1), 1e-9)
             if self.options.maxtime is not None:
-                per_step = (self.clock.elapsed() - tic) / max(now_done - done, 1)
-                tenth = np.clip(0.1 * self.clock.remaining() / max(per_step, 1e-9), 1, 1e6)
+                tenth = np.clip(0.1 * self.clock.remaining() / per_step, 1, 1e6)
                 size = min(size, int(tenth))
+            if recorder is not None:  # rows reach the file about every HISTORY_SECONDS
+                log_size = self.program.spec.log[0]
+                size = min(size, int(np.clip(HISTORY_SECONDS / per_step, 1, log_size)))
+
+    def _write_log(self, done: int, now_done: int, since: float) -> None:
+        """Record iterations `done + 1 ... now_done` from the carry's log (computed since
+        `since`, the recorder's clock)."""
+        losses, fevals, points = jax.device_get(self.carry.log)
+        size, every = self.program.spec.log
+        its = range(done + 1, now_done + 1)
+        rows = [(i - 1) % size for i in its]
+        params = {
+            i: jax.tree.map(operator.itemgetter((i - 1) % size // every), points)
+            for i in its if i % every == 0
+        }
+        self.recorder.rows(its, self.sign * losses[rows], fevals[rows], params, since)
+
+    def _checkpoint(self, done: int) -> None:
+        """Write a checkpoint of the carry (after iteration `done`) if one is due."""
+        if self.recorder is None or not self.recorder.due(done):
+            return
+        counts, losses = jax.device_get((self.carry.counts, self.carry.losses))
+        state = self._export(self.carry, counts, losses)
+        self.recorder.checkpoint(done, counts[FEVALS], "state", state)
 
     def _stepwise(self, first: Evaluation | None) -> None:
         """One compiled iteration per call (on full data, a chunk of them: `_chunks`); the
@@ -255,9 +303,13 @@ class DeviceRun:
             pending = None if next_batch is _END else step(after, next_batch)
             self.ahead = None if pending is None else pending[0]
             before, self.carry = self.carry, after
-            done, going = self._iteration(done, before.state, after.state, ev, batch, news)
+            fevals = lambda: np.asarray(after.counts)[FEVALS]  # noqa: B023 (called at once)
+            done, going = self._iteration(
+                done, before.state, after.state, ev, batch, news, fevals
+            )
             if not going:
                 return
+            self._checkpoint(done)
             batch = next_batch
 
     def _chunk_size(self) -> int:
@@ -293,7 +345,10 @@ class DeviceRun:
                 for shown in range(ran):
                     row = operator.itemgetter(shown)
                     after, ev = jax.tree.map(row, carries.state), jax.tree.map(row, evs)
-                    done, going = self._iteration(done, before, after, ev, p, news[shown])
+                    fevals = lambda: carries.counts[shown][FEVALS]  # noqa: B023 (called at once)
+                    done, going = self._iteration(
+                        done, before, after, ev, p, news[shown], fevals
+                    )
                     if not going:  # the chunk stopped here too: `last` is this iteration
                         self.carry = last
                         return
@@ -305,6 +360,7 @@ class DeviceRun:
                     self.carry = last
                 raise
             self.carry, self.ahead = last, None if pending is None else pending[1]
+            self._checkpoint(done)
             now = time.perf_counter()
             per_step, mark = (now - mark) / ran, now
             ahead = CHUNK_SECONDS
@@ -313,11 +369,13 @@ class DeviceRun:
             n = int(np.clip(ahead / max(per_step, 1e-9), 1, size))
 
     def _iteration(
-        self, done: int, before: Any, after: Any, ev: Evaluation, p: Any, news: Any
+        self, done: int, before: Any, after: Any, ev: Evaluation, p: Any, news: Any,
+        fevals: Callable[[], int],
     ) -> tuple[int, bool]:
         """The host's part of the iteration from state `before` to `after` (on the device
-        or on the host): its `news`, the best point, the bar, the callback, the clock.
-        Returns (iterations done, whether the run goes on)."""
+        or on the host): its `news`, the best point, the history (`fevals()` reads the
+        count), the bar, the callback, the clock. Returns (iterations done, whether the run
+        goes on)."""
         self.last_p, self.extra = p, ev.extra
         if ev.u is None:
             ev = ev._replace(u=self.method.evaluated(before, after))
@@ -328,6 +386,8 @@ class DeviceRun:
         if self.sign * objective < self.best_loss and not self.method.search:
             self.best_u, self.best_loss = ev.u, self.sign * objective
         done += int(added)
+        if self.recorder is not None:
+            self.recorder.row(done, objective, fevals(), ev.u)
         self._show(done, before, after, ev, p, objective)
         if status != RUNNING:
             return done, False
@@ -439,7 +499,7 @@ class DeviceRun:
         counts = np.asarray(carry.counts)  # with what `final` and `_rescue` added
         message = "; ".join(m for m in (message, method.note(carry.state)) if m)
         host_fevals, host_gevals = method.host_evaluations()
-        return OptimizationSolution(
+        sol = OptimizationSolution(
             u=restore_like(u, self.problem.u0),
             objective=float(self.sign * loss),
             retcode=retcode,
@@ -452,6 +512,9 @@ class DeviceRun:
             state=self._export(carry, counts, np.asarray(carry.losses)),
             message=message,
         )
+        if self.recorder is not None:
+            self.recorder.finish(sol, "state", sol.state)
+        return sol
 
 
 def _with_calls(counts: np.ndarray, spent: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from ..flat import host_unraveler, ravel, restore_like, unraveler
 from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from ._lifecycle import Clock, Halt, Progress, Stop, budget_message, cached, call_back, stopped
+from ._record import Recorder
 from ._x64 import as_float64, float64, unsupported
 from .base import Algorithm, SolveOptions
 
@@ -329,6 +330,9 @@ class HostRun:
         self.clock = Clock(options.maxtime)
         self.best = BestPoint()
         self.iterations = 0
+        self.recorder = None if options.history is None else Recorder(
+            options.history, problem, alg, options
+        )
 
     @functools.cached_property
     def objective(self) -> HostObjective:
@@ -355,10 +359,11 @@ class HostRun:
         self.iterations += 1
         x = self.last_x = np.array(x, np.float64)  # a copy: SciPy updates its own in place
         callback = self.options.callback
-        if callback is not None or self.progress.bar is not None:
+        if self.watched:
             seen, grad = obj.lookup(x)
             loss = seen if seen is not None else loss if loss is not None else obj.value(x)
             objective = obj.sign * float(loss)
+            self.record(objective, x)
             self.progress.show(self.iterations, objective)
             if callback is not None:
                 call_back(callback, OptimizationState(
@@ -367,6 +372,16 @@ class HostRun:
                     original=x if original is None else original,
                 ))
         self.clock.check()
+
+    def record(self, objective: float, x: np.ndarray) -> None:
+        """Tell the history (if any) the iteration just done, at `x` (n,) with `objective`,
+        and write a checkpoint of `x` when one is due."""
+        if self.recorder is None:
+            return
+        fevals = self.objective.fevals
+        self.recorder.row(self.iterations, objective, fevals, x)
+        if self.recorder.due(self.iterations):
+            self.recorder.checkpoint(self.iterations, fevals, "point", self.objective.u(x))
 
     def settings(
         self, owner: str, given: dict[str, Any], sets: dict[str, str | None]
@@ -399,13 +414,18 @@ class HostRun:
                 result = self.minimize()
         finally:
             self.progress.close(self.done, self.sign * self.best.loss)
-        return self.solution(result, stop)
+        sol = self.solution(result, stop)
+        if self.recorder is not None:
+            self.recorder.finish(sol, "point", sol.u)
+        return sol
 
     @property
     def watched(self) -> bool:
-        """A callback or a progress bar follows the iterations (else a library's own
-        iteration callback, which costs time, may be left out)."""
-        return self.options.callback is not None or self.options.progress is not None
+        """A callback, a progress bar or a history follows the iterations (else a
+        library's own iteration callback, which costs time, may be left out)."""
+        options = self.options
+        return not (options.callback is None and options.progress is None and
+                    options.history is None)
 
     @property
     def done(self) -> int:

@@ -73,12 +73,16 @@ class Carry(NamedTuple):
         losses: [3]: the signed loss of the last evaluation, the best finite one (when
             tracked; else inf), and the one at the state's point (inf while unknown).
         best_u: the evaluated point of the best loss, when tracked, else None.
+        log: for a recorded history, the last `size` iterations' signed losses (size,),
+            fevals (size,) int32 and every `every`-th evaluated point (size // every, ...),
+            iteration i at row (i - 1) % size; else None.
     """
 
     state: Any
     counts: jax.Array
     losses: jax.Array
     best_u: Any
+    log: Any = None
 
 
 class DeviceMethod:
@@ -167,10 +171,12 @@ class Spec:
     Attributes:
         track_best: keep the best evaluated point in the carry.
         feed: the shape of a `DataLoader` walked inside the fused loop, or None.
+        log: (size, every) of the carry's log of iterations, for a history; or None.
     """
 
     track_best: bool
     feed: LoaderShape | None
+    log: tuple[int, int] | None = None
 
 
 class Program:
@@ -211,7 +217,16 @@ class Program:
             best_u = jax.tree.map(jnp.zeros_like, self.method.point(state))
             if best is not None:
                 best_u, losses = best[0], losses.at[BEST].set(best[1])
-        return Carry(state, jnp.zeros(5, jnp.int32).at[STEPS].set(steps), losses, best_u)
+        log = None
+        if self.spec.log is not None:
+            size, every = self.spec.log
+            log = (
+                jnp.zeros(size, loss_dtype()), jnp.zeros(size, jnp.int32),
+                jax.tree.map(lambda x: jnp.zeros((size // every, *x.shape), x.dtype),
+                             self.method.point(state)),
+            )
+        counts = jnp.zeros(5, jnp.int32).at[STEPS].set(steps)
+        return Carry(state, counts, losses, best_u, log)
 
     def _init(self, u: Any, p: Any, consts: Any, steps: Any) -> tuple[Carry, Evaluation | None]:
         state, evaluation = self.method.init(u, p, consts)
@@ -239,7 +254,27 @@ class Program:
 
     def _iterate(self, carry: Carry, p: Any, consts: Any) -> tuple[Carry, Evaluation]:
         state, ev = self.method.step(carry.state, p, consts)
-        return self._record(carry._replace(state=state), ev), ev
+        carry = self._record(carry._replace(state=state), ev)
+        if carry.log is not None:
+            carry = carry._replace(log=self._log(carry, ev))
+        return carry, ev
+
+    def _log(self, carry: Carry, ev: Evaluation) -> Any:
+        """`carry.log` with the iteration just recorded."""
+        (size, every), (losses, fevals, points) = self.spec.log, carry.log
+        done = carry.counts[ITERATIONS]
+        row = (done - 1) % size
+
+        def keep(points):
+            def put(rows, x):
+                x = x.astype(rows.dtype)
+                return jax.lax.dynamic_update_index_in_dim(rows, x, row // every, 0)
+
+            return jax.tree.map(put, points, ev.u)
+
+        points = jax.lax.cond(done % every == 0, keep, lambda points: points, points)
+        return (losses.at[row].set(carry.losses[LAST]), fevals.at[row].set(carry.counts[FEVALS]),
+                points)
 
     def _users(self, ev: Evaluation) -> Evaluation:
         sign = self.sign

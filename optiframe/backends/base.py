@@ -20,7 +20,7 @@ from ..errors import OptiframeError
 
 COMMON_KEYWORDS = (
     "maxiters", "maxtime", "abstol", "reltol", "callback", "progress", "epochs",
-    "warm_start", "save_best",
+    "warm_start", "save_best", "history",
 )
 
 
@@ -77,6 +77,7 @@ class SolveOptions:
     save_best: bool = False
     solver_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     ensemble: Any = None
+    history: Any = None
 
 
 class Algorithm(abc.ABC):

@@ -90,7 +90,8 @@ class MultiStart(Algorithm):
     def capabilities(self) -> Capabilities:
         inner = self.local.capabilities
         return dataclasses.replace(
-            inner, needs_bounds=True, data=False, keywords=inner.keywords - {"warm_start", "epochs"}
+            inner, needs_bounds=True, data=False,
+            keywords=inner.keywords - {"warm_start", "epochs", "history"},
         )
 
     def starts(self, problem: OptimizationProblem) -> list[Any]:
@@ -176,7 +177,7 @@ class PolyOpt(Algorithm):
 
     @property
     def capabilities(self) -> Capabilities:
-        keywords = frozenset(COMMON_KEYWORDS) - {"warm_start"}
+        keywords = frozenset(COMMON_KEYWORDS) - {"warm_start", "history"}
         return Capabilities(bounds=True, data=True, needs=frozenset({"grad"}), keywords=keywords)
 
     def solve(self, problem: OptimizationProblem, options: SolveOptions) -> OptimizationSolution:

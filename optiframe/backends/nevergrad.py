@@ -203,7 +203,9 @@ class Nevergrad(Algorithm):
         return Capabilities(
             bounds=True, constraints=True, integrality=True, budget="evaluations",
             needs_budget=True,
-            keywords=frozenset(("maxiters", "maxtime", "callback", "progress", "save_best")),
+            keywords=frozenset(
+                ("maxiters", "maxtime", "callback", "progress", "save_best", "history")
+            ),
         )
 
     def __repr__(self) -> str:
@@ -555,10 +557,14 @@ class _NevergradRun(HostRun):
         worst = self._count(X, batch)
         self.iterations += 1
         self.progress.show(self.objective.fevals, self.sign * self.best.loss)
+        if self.options.callback is None and self.recorder is None:
+            self.clock.check()
+            return
+        keys = [(0, loss) if v <= self.tol else (1, v) if np.isfinite(loss) else (2, 0.0)
+                for loss, v in zip(batch.losses, worst)]
+        i = min(range(len(keys)), key=keys.__getitem__)  # the batch's best candidate
+        self.record(float(batch.objectives[i]), X[i])
         if self.options.callback is not None:
-            keys = [(0, loss) if v <= self.tol else (1, v) if np.isfinite(loss) else (2, 0.0)
-                    for loss, v in zip(batch.losses, worst)]
-            i = min(range(len(keys)), key=keys.__getitem__)
             step = NevergradStep(
                 optimizer, [c for s in started for c in s.candidates],
                 [self.space.tree(x) for x in X], batch.objectives,

@@ -129,7 +129,7 @@ METHODS = {spec.name.lower(): spec for spec in (
 )}
 # fmt: on
 
-_KEYWORDS = ("maxiters", "maxtime", "callback", "progress", "save_best")
+_KEYWORDS = ("maxiters", "maxtime", "callback", "progress", "save_best", "history")
 
 
 def _method(name: str) -> MethodSpec:

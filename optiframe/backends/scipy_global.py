@@ -24,7 +24,7 @@ from .base import Algorithm, Capabilities, SolveOptions, register
 if TYPE_CHECKING:
     import scipy.optimize
 
-_KEYWORDS = frozenset(("maxiters", "maxtime", "callback", "progress", "save_best"))
+_KEYWORDS = frozenset(("maxiters", "maxtime", "callback", "progress", "save_best", "history"))
 # Arguments of SciPy's functions that optiframe sets itself.
 _RESERVED = frozenset((
     "func", "bounds", "args", "callback", "x0", "rng", "seed", "minimizer_kwargs",

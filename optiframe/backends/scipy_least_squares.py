@@ -57,7 +57,7 @@ class ScipyLeastSquares(Algorithm):
 
     @property
     def capabilities(self) -> Capabilities:
-        keywords = {"maxiters", "abstol", "reltol", "maxtime", "save_best"}
+        keywords = {"maxiters", "abstol", "reltol", "maxtime", "save_best", "history"}
         if self.method != "lm":  # MINPACK's loop reports no iterations
             keywords |= {"callback", "progress"}
         return Capabilities(

@@ -1,0 +1,214 @@
+"""The SQLite file of a run history: its schema, migrations, writes and reads (stdlib
+`sqlite3`, WAL mode).
+
+Tables (schema version `SCHEMA_VERSION`, kept in `PRAGMA user_version`):
+
+- `meta(key, value)`: `format = optiframe-history`, which tells an optiframe history apart
+  from any other SQLite file;
+- `runs`: one row per solve: the problem's and the algorithm's descriptions, the common
+  keywords (JSON), the versions, the leaves of `u0` (JSON: path, shape, dtype), the pickled
+  (problem, algorithm) when they pickle, the start time, and once known the end: retcode,
+  message, objective, iterations, fevals;
+- `segments`: a run's first part and every resumed part, from the iteration it resumed at;
+- `iterations`: one row per iteration (run, segment, iteration, wall time since the run's
+  start in seconds, objective, fevals, and every k-th row the parameters as a float64
+  blob of `ravel(u)`);
+- `checkpoints`: the solver's state (pickled) at an iteration, with the time and fevals
+  there.
+
+Writes are batched: rows wait in memory until `COMMIT_ROWS` are queued or `COMMIT_SECONDS`
+have passed, then go in one transaction. In WAL mode a process that dies keeps every
+committed transaction; several processes may write one file (SQLite locks it, and a writer
+waits up to `BUSY_SECONDS` for another).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import OptiframeError
+
+SCHEMA_VERSION = 1
+FORMAT = "optiframe-history"
+COMMIT_ROWS, COMMIT_SECONDS, BUSY_SECONDS = 50_000, 0.5, 60.0
+
+_SCHEMA = {  # version -> the statements that bring the previous version to it
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        problem TEXT NOT NULL, algorithm TEXT NOT NULL, keywords TEXT NOT NULL,
+        versions TEXT NOT NULL, leaves TEXT NOT NULL, pickled BLOB,
+        started REAL NOT NULL, ended REAL,
+        retcode TEXT, message TEXT, objective REAL, iterations INTEGER, fevals INTEGER
+    );
+    CREATE TABLE segments (
+        run INTEGER NOT NULL REFERENCES runs(id), segment INTEGER NOT NULL,
+        start INTEGER NOT NULL, started REAL NOT NULL, PRIMARY KEY (run, segment)
+    );
+    CREATE TABLE iterations (
+        run INTEGER NOT NULL REFERENCES runs(id), segment INTEGER NOT NULL,
+        iteration INTEGER NOT NULL, time REAL NOT NULL, objective REAL,
+        fevals INTEGER NOT NULL, params BLOB
+    );
+    CREATE INDEX iterations_by_run ON iterations (run, segment, iteration);
+    CREATE TABLE checkpoints (
+        run INTEGER NOT NULL REFERENCES runs(id), segment INTEGER NOT NULL,
+        iteration INTEGER NOT NULL, time REAL NOT NULL, fevals INTEGER NOT NULL,
+        state BLOB NOT NULL
+    );
+    """,
+}
+
+
+def connect(path: str | os.PathLike[str], create: bool) -> sqlite3.Connection:
+    """An open history file, its schema created (if `create`) or migrated to this version.
+
+    Raises:
+        OptiframeError: the file is missing (and not `create`), not SQLite, not an
+            optiframe history, or from a newer optiframe.
+    """
+    path = os.fspath(path)
+    if not create and not os.path.exists(path):
+        raise OptiframeError(f"No run history at {path!r}: the file does not exist.")
+    try:
+        db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crashed process loses nothing
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as err:
+        raise OptiframeError(
+            f"{path!r} is not an optiframe run history (SQLite says: {err})."
+        ) from None
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise OptiframeError(
+            f"{path!r} is a run history of schema version {version}, written by a newer "
+            f"optiframe; this one reads up to version {SCHEMA_VERSION}: upgrade optiframe."
+        )
+    if version == 0 and tables:
+        db.close()
+        raise OptiframeError(f"{path!r} is an SQLite file but not an optiframe run history.")
+    if version < SCHEMA_VERSION:
+        _migrate(db, version)
+    elif db.execute("SELECT value FROM meta WHERE key='format'").fetchone() != (FORMAT,):
+        db.close()
+        raise OptiframeError(f"{path!r} is an SQLite file but not an optiframe run history.")
+    return db
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring the schema from `version` to `SCHEMA_VERSION` in one transaction (a process
+    that loses the race finds the work done)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        current = db.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in filter(str.strip, _SCHEMA[step].split(";")):
+                db.execute(statement)
+        if current == 0:
+            db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+class Writer:
+    """The writes of one run: rows are queued and committed in batches.
+
+    Args:
+        db: the open file.
+        run: the run's id.
+        segment: the part of the run being written (0, then one more per resume).
+    """
+
+    def __init__(self, db: sqlite3.Connection, run: int, segment: int) -> None:
+        self.db, self.run, self.segment = db, run, segment
+        self.rows: list[tuple[Any, ...]] = []
+        self.last_commit = time.monotonic()
+
+    def iterations(self, rows: Iterable[tuple[int, float, float, int, bytes | None]]) -> None:
+        """Queue (iteration, time, objective, fevals, params blob or None) rows."""
+        self.rows.extend((self.run, self.segment, *row) for row in rows)
+        if len(self.rows) >= COMMIT_ROWS or time.monotonic() - self.last_commit >= COMMIT_SECONDS:
+            self.commit()
+
+    def commit(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Write the queued rows and `statements` in one transaction."""
+        if not self.rows and not statements:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.rows:
+                self.db.executemany(
+                    "INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?)", self.rows
+                )
+            for sql, args in statements:
+                self.db.execute(sql, args)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.rows, self.last_commit = [], time.monotonic()
+
+    def checkpoint(self, iteration: int, elapsed: float, fevals: int, state: bytes) -> None:
+        """Commit the queued rows and the solver's state at `iteration`."""
+        self.commit((
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+            (self.run, self.segment, iteration, elapsed, fevals, state),
+        ))
+
+    def finish(self, retcode: str, message: str, objective: float, iterations: int,
+               fevals: int) -> None:
+        """Commit the queued rows and the run's outcome."""
+        self.commit((
+            "UPDATE runs SET ended=?, retcode=?, message=?, objective=?, iterations=?, "
+            "fevals=? WHERE id=?",
+            (time.time(), retcode, message, objective, iterations, fevals, self.run),
+        ))
+
+
+def new_run(db: sqlite3.Connection, record: dict[str, Any]) -> int:
+    """Insert a run (the `runs` columns in `record`) and its first segment; its id."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        cursor = db.execute(
+            "INSERT INTO runs (problem, algorithm, keywords, versions, leaves, pickled, started)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (record["problem"], record["algorithm"], json.dumps(record["keywords"]),
+             json.dumps(record["versions"]), json.dumps(record["leaves"]), record["pickled"],
+             record["started"]),
+        )
+        run = cursor.lastrowid
+        db.execute("INSERT INTO segments VALUES (?, 0, 0, ?)", (run, record["started"]))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return run
+
+
+def new_segment(db: sqlite3.Connection, run: int, start: int) -> int:
+    """Open the next segment of `run`, resuming after iteration `start`; its number. The
+    run's outcome is cleared until the new segment ends."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (last,) = db.execute("SELECT MAX(segment) FROM segments WHERE run=?", (run,)).fetchone()
+        db.execute("INSERT INTO segments VALUES (?, ?, ?, ?)", (run, last + 1, start, time.time()))
+        db.execute(
+            "UPDATE runs SET ended=NULL, retcode=NULL, message=NULL, objective=NULL, "
+            "iterations=NULL, fevals=NULL WHERE id=?", (run,),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return last + 1

@@ -1,0 +1,170 @@
+"""The history of one solve (`solve(..., history=...)`): one more observer of the shared
+lifecycle. `_device.DeviceRun` and `_host.HostRun` tell it each iteration (or a chunk of
+iterations from the device), ask it whether a checkpoint is due, and tell it the solution;
+it writes them to the file (`.._sqlite`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pickle
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from .. import _sqlite
+from ..history import History
+from ..problem import OptimizationProblem
+from ..solution import OptimizationSolution
+from .base import Algorithm, SolveOptions
+
+PARAM_BYTES = 256  # the parameters take at most about this many bytes per iteration
+PICKLE_BYTES = 16 << 20  # a problem and algorithm pickled larger are not stored
+LOG_ROWS = 1024  # rows of a fused run's on-device log (at least `params_every`)
+# The library each backend module wraps, for the recorded versions.
+_LIBRARIES = {
+    "optax": "optax", "scipy": "scipy", "scipy_global": "scipy",
+    "scipy_least_squares": "scipy", "nevergrad": "nevergrad", "evosax": "evosax",
+    "ode": "diffrax", "optimistix": "optimistix",
+}
+
+
+def params_every(n: int) -> int:
+    """Record the parameters every k-th iteration, k the smallest power of two with
+    `8 n / k <= PARAM_BYTES` (n float64 values)."""
+    k = 1
+    while 8 * n > PARAM_BYTES * k:
+        k *= 2
+    return k
+
+
+def flat(u: Any) -> np.ndarray:
+    """The leaves of `u` (NumPy or JAX) as one float64 vector, in `ravel` order."""
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(u)])
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _pickled(problem: OptimizationProblem, alg: Algorithm) -> bytes | None:
+    """(problem, algorithm) pickled (with cloudpickle if installed: lambdas, optax
+    transforms), or None if they do not pickle or take more than `PICKLE_BYTES`."""
+    try:
+        import cloudpickle as dumper
+    except ImportError:
+        dumper = pickle
+    try:
+        blob = dumper.dumps((problem, alg))
+    except Exception:  # anything unpicklable: the user passes them to resume
+        return None
+    return blob if len(blob) <= PICKLE_BYTES else None
+
+
+class Recorder:
+    """The history of one solve.
+
+    Args:
+        history: where and how to record.
+        problem, alg, options: the solve's.
+    """
+
+    def __init__(
+        self, history: History, problem: OptimizationProblem, alg: Algorithm,
+        options: SolveOptions,
+    ) -> None:
+        self.history = history
+        leaves = jax.tree_util.tree_leaves_with_path(problem.u0)
+        self.n = sum(int(np.size(x)) for _, x in leaves)
+        self.every = history.params_every or params_every(self.n)
+        db = _sqlite.connect(history.path, create=True)
+        if history.continues is None:
+            library = _LIBRARIES.get(type(alg).__module__.rsplit(".", 1)[-1])
+            keywords = {
+                name: getattr(options, name)
+                for name in ("maxiters", "maxtime", "abstol", "reltol", "epochs", "save_best")
+            }
+            keywords["solver_options"] = options.solver_options
+            run = _sqlite.new_run(db, dict(
+                problem=repr(problem), algorithm=repr(alg),
+                keywords=json.loads(json.dumps(keywords, default=repr)),
+                versions={
+                    "optiframe": _version("optiframe"), "jax": jax.__version__,
+                    **({library: _version(library)} if library else {}),
+                },
+                leaves=[[jax.tree_util.keystr(path), list(np.shape(x)), str(np.result_type(x))]
+                        for path, x in leaves],
+                pickled=_pickled(problem, alg), started=time.time(),
+            ))
+            segment, self.start, self.time0, self.fevals0 = 0, 0, 0.0, 0
+        else:
+            run, self.start = history.continues
+            segment = _sqlite.new_segment(db, run, self.start)
+            self.time0, self.fevals0 = db.execute(
+                "SELECT time, fevals FROM checkpoints WHERE run=? AND iteration=? "
+                "ORDER BY segment DESC LIMIT 1", (run, self.start),
+            ).fetchone()
+        self.writer = _sqlite.Writer(db, run, segment)
+        self.clock = time.perf_counter()
+        self.checkpointed = (0, self.clock)  # (iteration, perf_counter) of the last one
+
+    def elapsed(self) -> float:
+        """Seconds since the run started (over its resumed parts)."""
+        return self.time0 + time.perf_counter() - self.clock
+
+    def row(self, iteration: int, objective: float, fevals: int, u: Any) -> None:
+        """Record iteration `iteration` (of this solve) at `u` (a pytree, or a flat vector)."""
+        at = self.start + iteration
+        params = flat(u).tobytes() if at % self.every == 0 else None
+        self.writer.iterations(
+            [(at, self.elapsed(), float(objective), self.fevals0 + int(fevals), params)]
+        )
+
+    def rows(
+        self, iterations: Sequence[int], objectives: np.ndarray, fevals: np.ndarray,
+        params: dict[int, Any], since: float,
+    ) -> None:
+        """Record iterations computed together since `since` (seconds, `elapsed()`): their
+        times are spread evenly up to now; `params` maps an iteration to its parameters."""
+        now, m = self.elapsed(), len(iterations)
+        self.writer.iterations(
+            (self.start + it, since + (now - since) * (j + 1) / m, float(objectives[j]),
+             self.fevals0 + int(fevals[j]),
+             flat(params[it]).tobytes() if it in params else None)
+            for j, it in enumerate(iterations)
+        )
+
+    def due(self, iteration: int) -> bool:
+        """Whether a checkpoint is due after iteration `iteration` of this solve."""
+        done, at = self.checkpointed
+        every, seconds = self.history.checkpoint_every, self.history.checkpoint_seconds
+        return bool(
+            every is not None and iteration - done >= every
+            or seconds is not None and time.perf_counter() - at >= seconds
+        )
+
+    def checkpoint(self, iteration: int, fevals: int, kind: str, state: Any) -> None:
+        """Write `state` after iteration `iteration`: kind "state" (what `warm_start`
+        continues) or "point" (the iterate a host method restarts from)."""
+        blob = pickle.dumps((kind, jax.device_get(state)))
+        self.writer.checkpoint(
+            self.start + iteration, self.elapsed(), self.fevals0 + int(fevals), blob
+        )
+        self.checkpointed = (iteration, time.perf_counter())
+
+    def finish(self, sol: OptimizationSolution, kind: str, state: Any) -> None:
+        """Record the outcome, with a last checkpoint (a stopped run can be resumed)."""
+        if state is not None:
+            self.checkpoint(sol.stats.iterations, sol.stats.fevals, kind, state)
+        self.writer.finish(
+            sol.retcode.name, sol.message, sol.objective, self.start + sol.stats.iterations,
+            self.fevals0 + sol.stats.fevals,
+        )
+        self.writer.db.close()

@@ -1,0 +1,252 @@
+"""Run histories: `solve(..., history=...)` records a run in SQLite, `read_history` reads
+the runs back, `resume` continues the last one from its last checkpoint.
+
+The file (see `_sqlite.py`) holds one row per solve, one row per iteration (wall time,
+objective, fevals and, every k-th iteration, the parameters) and checkpoints of the
+solver's state. Checkpoints are pickled: open only histories you trust, as with any
+pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import _sqlite
+from ._checks import count, number
+from .errors import InvalidProblemError, OptiframeError
+from .solution import OptimizationSolution, ReturnCode, Stats
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """Where and how `solve` records a run.
+
+    Args:
+        path: the SQLite file (created if missing; several runs and processes may share it).
+        checkpoint_every: write a checkpoint of the solver's state every this many
+            iterations (None: by time only).
+        checkpoint_seconds: ... and at least every this many seconds (None: by count only).
+        params_every: record the parameters every this many iterations (None: chosen from
+            their size, so that they take at most about 4 KiB per iteration on average:
+            every iteration up to 512 float64 values, every 2nd up to 1,024, ...).
+        continues: set by `opf.resume`: (run id, iteration) the solve continues from.
+
+    Example:
+        >>> opf.solve(prob, optax.adam(1e-3), maxiters=10_000,
+        ...           history=opf.History("fit.sqlite", checkpoint_every=500))
+    """
+
+    path: str | os.PathLike[str]
+    checkpoint_every: int | None = 1000
+    checkpoint_seconds: float | None = 60.0
+    params_every: int | None = None
+    continues: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, (str, os.PathLike)):
+            raise InvalidProblemError(
+                f"`History(path=...)` must be a file path, got {type(self.path).__name__}."
+            )
+        count("History", "checkpoint_every", self.checkpoint_every, optional=True)
+        number("History", "checkpoint_seconds", self.checkpoint_seconds, positive=True,
+               optional=True)
+        count("History", "params_every", self.params_every, optional=True)
+
+
+def as_history(value: Any) -> History | None:
+    """`solve(history=...)`: a path or a `History` (None: no history)."""
+    if value is None or isinstance(value, History):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return History(value)
+    raise InvalidProblemError(
+        f"`solve(history=...)` must be a file path or an opf.History, got "
+        f"{type(value).__name__}."
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """One recorded solve, as `read_history` returns it.
+
+    Attributes:
+        id: the run's number in its file.
+        problem, algorithm: their descriptions (repr).
+        keywords: the common keywords of the solve (JSON values).
+        versions: optiframe, JAX and the backend's library versions.
+        leaves: the parameters' leaves, as [path, shape, dtype] in `ravel` order.
+        started, ended: POSIX times (ended None while running or if the process died).
+        retcode: the outcome, None if the run never finished.
+        message, objective, fevals: the solution's, once finished.
+        iteration, time, objective_trace, fevals_trace: one entry per recorded iteration
+            (int, seconds since the start, float, int arrays (m,)).
+        params_iteration, params: the iterations whose parameters were recorded (k,) and
+            the parameters there (k, n) float64, flattened in `leaves` order.
+        checkpoints: the iterations with a checkpoint.
+    """
+
+    id: int
+    problem: str
+    algorithm: str
+    keywords: dict[str, Any]
+    versions: dict[str, str]
+    leaves: list[Any]
+    started: float
+    ended: float | None
+    retcode: ReturnCode | None
+    message: str | None
+    objective: float | None
+    fevals: int | None
+    iteration: np.ndarray
+    time: np.ndarray
+    objective_trace: np.ndarray
+    fevals_trace: np.ndarray
+    params_iteration: np.ndarray
+    params: np.ndarray
+    checkpoints: np.ndarray
+
+    def frame(self) -> Any:
+        """The iterations as a pandas DataFrame (columns iteration, time, objective,
+        fevals); needs pandas."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise OptiframeError(
+                "Run.frame() needs pandas: pip install pandas (or use the NumPy arrays "
+                "run.iteration, run.objective_trace, ...)."
+            ) from None
+        return pd.DataFrame({
+            "iteration": self.iteration, "time": self.time,
+            "objective": self.objective_trace, "fevals": self.fevals_trace,
+        })
+
+
+def read_history(path: str | os.PathLike[str]) -> list[Run]:
+    """The runs recorded in `path`, oldest first. Rows a resumed run recomputed replace
+    those its killed part wrote past the checkpoint it resumed from.
+
+    Raises:
+        OptiframeError: `path` is missing, not an optiframe history, or from a newer one.
+    """
+    db = _sqlite.connect(path, create=False)
+    try:
+        return [_run(db, row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
+    finally:
+        db.close()
+
+
+def _live(db: Any, run: int, table: str, columns: str) -> list[tuple[Any, ...]]:
+    """The rows of `table` for `run` that no later segment superseded, by iteration."""
+    starts = dict(db.execute("SELECT segment, start FROM segments WHERE run=?", (run,)))
+    rows = db.execute(
+        f"SELECT segment, iteration, {columns} FROM {table} WHERE run=? "
+        "ORDER BY segment, iteration", (run,),
+    ).fetchall()
+    ends = {s: starts.get(s + 1, np.inf) for s in starts}
+    return [r[1:] for r in rows if r[1] <= ends[r[0]]]
+
+
+def _run(db: Any, row: tuple[Any, ...]) -> Run:
+    (run, problem, algorithm, keywords, versions, leaves, _, started, ended, retcode,
+     message, objective, _, fevals) = row
+    its = _live(db, run, "iterations", "time, objective, fevals, params")
+    with_params = [(r[0], np.frombuffer(r[4], np.float64)) for r in its if r[4] is not None]
+    n = sum(int(np.prod(shape)) for _, shape, _ in json.loads(leaves))
+    return Run(
+        id=run, problem=problem, algorithm=algorithm, keywords=json.loads(keywords),
+        versions=json.loads(versions), leaves=json.loads(leaves), started=started,
+        ended=ended, retcode=None if retcode is None else ReturnCode[retcode],
+        message=message, objective=objective, fevals=fevals,
+        iteration=np.array([r[0] for r in its], np.int64),
+        time=np.array([r[1] for r in its], np.float64),
+        objective_trace=np.array([np.nan if r[2] is None else r[2] for r in its], np.float64),
+        fevals_trace=np.array([r[3] for r in its], np.int64),
+        params_iteration=np.array([i for i, _ in with_params], np.int64),
+        params=np.stack([p for _, p in with_params]) if with_params else np.empty((0, n)),
+        checkpoints=np.array([r[0] for r in _live(db, run, "checkpoints", "time")], np.int64),
+    )
+
+
+def resume(
+    path: str | os.PathLike[str], prob: Any = None, alg: Any = None, **keywords: Any
+) -> OptimizationSolution:
+    """Continue the last run of `path` from its last checkpoint, recording into the same
+    run.
+
+    On-device algorithms (optax, evosax, optimistix) continue from the checkpointed state,
+    and a deterministic run (full data, or a `DataLoader` with its key; evosax with its
+    seed) ends bit for bit where the uninterrupted run would. A host method (SciPy,
+    Nevergrad) cannot have its internal state restored: it restarts from the checkpointed
+    point with the rest of the budget, and says so.
+
+    Args:
+        path: the history file.
+        prob, alg: the problem and the algorithm, when the file could not store them (a
+            lambda or an optax transform pickles only with cloudpickle installed).
+        **keywords: `solve` keywords that replace the recorded ones (a callback or a
+            progress bar, which are not recorded, or a new `maxtime`).
+
+    Raises:
+        OptiframeError: no run, nothing to resume (the run finished), no checkpoint, or the
+            problem or algorithm is needed.
+    """
+    from .solve import solve
+
+    db = _sqlite.connect(path, create=False)
+    try:
+        row = db.execute(
+            "SELECT id, keywords, pickled, retcode FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise OptiframeError(f"{os.fspath(path)!r} holds no run to resume.")
+        run, recorded, pickled, retcode = row
+        if retcode is not None and retcode not in ("Terminated", "MaxTime"):
+            raise OptiframeError(
+                f"Run {run} of {os.fspath(path)!r} finished with {retcode}: there is nothing "
+                "to resume. To run it further, solve again with warm_start=sol."
+            )
+        checkpoint = db.execute(
+            "SELECT iteration, fevals, state FROM checkpoints WHERE run=? "
+            "ORDER BY segment DESC, iteration DESC LIMIT 1", (run,),
+        ).fetchone()
+    finally:
+        db.close()
+    if checkpoint is None:
+        raise OptiframeError(
+            f"Run {run} of {os.fspath(path)!r} has no checkpoint yet; solve it again."
+        )
+    if prob is None or alg is None:
+        stored = pickle.loads(pickled) if pickled is not None else (None, None)
+        prob, alg = prob if prob is not None else stored[0], alg if alg is not None else stored[1]
+    if prob is None or alg is None:
+        raise OptiframeError(
+            f"Run {run} of {os.fspath(path)!r} could not store its problem and algorithm "
+            "(they do not pickle; installing cloudpickle helps): pass them, "
+            "opf.resume(path, prob, alg)."
+        )
+    iteration, _, blob = checkpoint
+    kind, state = pickle.loads(blob)
+    kw = {k: v for k, v in json.loads(recorded).items() if k in ("abstol", "reltol", "save_best")}
+    kw.update(keywords)
+    maxiters = json.loads(recorded).get("maxiters")
+    if maxiters is not None:
+        kw.setdefault("maxiters", maxiters - iteration)
+    history = History(path, continues=(run, iteration))
+    if kind == "point":  # a host method: restart from the point
+        warnings.warn(
+            f"Resuming run {run} from the point of iteration {iteration}: the library's "
+            "internal state (line-search memory, Hessian approximation) cannot be restored, "
+            "so it restarts from there.", stacklevel=2,
+        )
+        return solve(prob.remake(u0=state), alg, history=history, **kw)
+    warm = OptimizationSolution(
+        u=None, objective=np.nan, retcode=ReturnCode.Terminated, stats=Stats(), state=state,
+    )
+    return solve(prob, alg, history=history, warm_start=warm, **kw)
