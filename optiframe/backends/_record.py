@@ -99,7 +99,8 @@ class Recorder:
                     "optiframe": _version("optiframe"), "jax": jax.__version__,
                     **({library: _version(library)} if library else {}),
                 },
-                leaves=[[jax.tree_util.keystr(path), list(np.shape(x)), str(np.result_type(x))]
+                leaves=[[jax.tree_util.keystr(path), list(np.shape(x)),
+                         str(getattr(x, "dtype", None) or np.result_type(x))]
                         for path, x in leaves],
                 pickled=_pickled(problem, alg), started=time.time(),
             ))
