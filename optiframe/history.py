@@ -30,9 +30,11 @@ class History:
 
     Args:
         path: the SQLite file (created if missing; several runs and processes may share it).
-        checkpoint_every: write a checkpoint of the solver's state every this many
-            iterations (None: by time only).
-        checkpoint_seconds: ... and at least every this many seconds (None: by count only).
+        checkpoint_every: write a checkpoint of the solver's state after this many
+            iterations (None: by time only). A fused on-device run writes it at the end of
+            the chunk (about `HISTORY_SECONDS`, 0.5 s, of iterations) that passes it.
+        checkpoint_seconds: ... or this many seconds (None: by count only). Every run
+            writes one more checkpoint when it ends.
         params_every: record the parameters every this many iterations (None: chosen from
             their size, so that they take at most about 4 KiB per iteration on average:
             every iteration up to 512 float64 values, every 2nd up to 1,024, ...).
@@ -44,8 +46,8 @@ class History:
     """
 
     path: str | os.PathLike[str]
-    checkpoint_every: int | None = 1000
-    checkpoint_seconds: float | None = 60.0
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = 30.0
     params_every: int | None = None
     continues: tuple[int, int] | None = None
 

@@ -224,9 +224,11 @@ class DeviceRun:
         return int(counts[ITERATIONS]), float(self.sign * loss)
 
     def _fused(self, first: Evaluation | None) -> None:
-        """The whole run in one call; with `maxtime` or a progress bar, in chunks: one
-        iteration first, then about a tenth of the remaining time each, and one refresh of
-        the bar at most."""
+        """The whole run in one call; with `maxtime`, a progress bar or a history, in
+        chunks: one iteration first, then about a tenth of the remaining time, one refresh
+        of the bar and `HISTORY_SECONDS` at most each. The next chunk is dispatched before
+        the host shows and records this one (if the run stops meanwhile, that chunk,
+        `self.ahead`, is discarded, and its evaluations counted)."""
         total, (p, key) = self.options.maxiters, self.feed.fused_args()
         run = lambda c, limit: self.program.run(c, limit, total, p, key, self.consts)
         recorder = self.recorder
@@ -234,28 +236,44 @@ class DeviceRun:
             self.carry, self.extra = run(self.carry, total)  # a warm start
             self._status(self.carry)
             return
-        size = 1
+        done, tic = int(np.asarray(self.carry.counts)[ITERATIONS]), self.clock.elapsed()
+        since = None if recorder is None else recorder.elapsed()
+        # one iteration first, to time it, unless an earlier run of the program did
+        first_size = 1 if self.program.per_step is None else self._chunk(self.program.per_step)
+        pending = run(self.carry, min(total, done + first_size))
         while True:
-            done, tic = int(np.asarray(self.carry.counts)[ITERATIONS]), self.clock.elapsed()
-            since = None if recorder is None else recorder.elapsed()
-            self.carry, self.extra = run(self.carry, min(total, done + size))
+            self.carry, self.extra = pending
             status = self._status(self.carry)
             now_done, loss = self._shown()
-            if recorder is not None:
+            now = self.clock.elapsed()
+            per_step = self.program.per_step = max((now - tic) / max(now_done - done, 1), 1e-9)
+            going = status == RUNNING and now_done < total
+            pending = None
+            if going and self.clock.remaining() > 0:
+                pending = run(self.carry, min(total, now_done + self._chunk(per_step)))
+                self.ahead = pending[0]
+            if recorder is not None:  # while the device computes the next chunk
                 self._write_log(done, now_done, since)
+                if pending is not None:
+                    recorder.writer.commit()
                 self._checkpoint(now_done)
             self.progress.show(now_done, loss)
-            if status != RUNNING or now_done >= total:
+            if pending is None:
+                if going:
+                    self.clock.check()  # maxtime is spent: raises
                 return
-            self.clock.check()
-            size = self.progress.every or total
-            per_step = max((self.clock.elapsed() - tic) / max(now_done - done, 1), 1e-9)
-            if self.options.maxtime is not None:
-                tenth = np.clip(0.1 * self.clock.remaining() / per_step, 1, 1e6)
-                size = min(size, int(tenth))
-            if recorder is not None:  # rows reach the file about every HISTORY_SECONDS
-                log_size = self.program.spec.log[0]
-                size = min(size, int(np.clip(HISTORY_SECONDS / per_step, 1, log_size)))
+            self.ahead, done, tic = None, now_done, now
+            since = None if recorder is None else recorder.elapsed()
+
+    def _chunk(self, per_step: float) -> int:
+        """Iterations in the next chunk of a fused run, taking `per_step` seconds each."""
+        size = self.progress.every or self.options.maxiters
+        if self.options.maxtime is not None:
+            size = min(size, int(np.clip(0.1 * self.clock.remaining() / per_step, 1, 1e6)))
+        if self.recorder is not None:  # rows reach the file about every HISTORY_SECONDS
+            log_size = self.program.spec.log[0]
+            size = min(size, int(np.clip(HISTORY_SECONDS / per_step, 1, log_size)))
+        return size
 
     def _write_log(self, done: int, now_done: int, since: float) -> None:
         """Record iterations `done + 1 ... now_done` from the carry's log (computed since

@@ -360,7 +360,7 @@ class HostRun:
         x = self.last_x = np.array(x, np.float64)  # a copy: SciPy updates its own in place
         callback = self.options.callback
         if self.watched:
-            seen, grad = obj.lookup(x)
+            seen, grad = (None, None) if callback is None and loss is not None else obj.lookup(x)
             loss = seen if seen is not None else loss if loss is not None else obj.value(x)
             objective = obj.sign * float(loss)
             self.record(objective, x)

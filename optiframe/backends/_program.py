@@ -202,6 +202,7 @@ class Program:
 
     def __init__(self, method: DeviceMethod, spec: Spec, sign: float) -> None:
         self.method, self.spec, self.sign = method, spec, sign
+        self.per_step: float | None = None  # seconds per iteration its last chunked run took
         self.init = jax.jit(self._init)
         self.resume = jax.jit(self._resume)
         self.step = jax.jit(self._step)

@@ -6,7 +6,9 @@ it writes them to the file (`.._sqlite`).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import itertools
 import json
 import pickle
 import time
@@ -17,13 +19,14 @@ import jax
 import numpy as np
 
 from .. import _sqlite
+from ..data import DataLoader
 from ..history import History
 from ..problem import OptimizationProblem
-from ..solution import OptimizationSolution
+from ..solution import OptimizationSolution, ReturnCode
 from .base import Algorithm, SolveOptions
 
 PARAM_BYTES = 256  # the parameters take at most about this many bytes per iteration
-PICKLE_BYTES = 16 << 20  # a problem and algorithm pickled larger are not stored
+PICKLE_BYTES = 16 << 20  # a problem and algorithm larger than this are not pickled
 LOG_ROWS = 1024  # rows of a fused run's on-device log (at least `params_every`)
 # The library each backend module wraps, for the recorded versions.
 _LIBRARIES = {
@@ -43,10 +46,14 @@ def params_every(n: int) -> int:
 
 
 def flat(u: Any) -> np.ndarray:
-    """The leaves of `u` (NumPy or JAX) as one float64 vector, in `ravel` order."""
+    """The leaves of `u` (NumPy or JAX, or a flat vector) as one float64 vector, in
+    `ravel` order."""
+    if isinstance(u, np.ndarray):
+        return np.ravel(np.asarray(u, np.float64))
     return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(u)])
 
 
+@functools.cache
 def _version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -56,7 +63,12 @@ def _version(name: str) -> str | None:
 
 def _pickled(problem: OptimizationProblem, alg: Algorithm) -> bytes | None:
     """(problem, algorithm) pickled (with cloudpickle if installed: lambdas, optax
-    transforms), or None if they do not pickle or take more than `PICKLE_BYTES`."""
+    transforms), or None if they do not pickle or their arrays (`u0`, `p`, a DataLoader's)
+    take more than `PICKLE_BYTES`."""
+    p = problem.p.arrays if isinstance(problem.p, DataLoader) else problem.p
+    arrays = jax.tree.leaves((problem.u0, p))
+    if sum(getattr(x, "nbytes", 0) for x in arrays) > PICKLE_BYTES:
+        return None
     try:
         import cloudpickle as dumper
     except ImportError:
@@ -84,7 +96,8 @@ class Recorder:
         leaves = jax.tree_util.tree_leaves_with_path(problem.u0)
         self.n = sum(int(np.size(x)) for _, x in leaves)
         self.every = history.params_every or params_every(self.n)
-        db = _sqlite.connect(history.path, create=True)
+        self.problem, self.alg = problem, alg
+        db = _sqlite.writer_connection(history.path)
         if history.continues is None:
             library = _LIBRARIES.get(type(alg).__module__.rsplit(".", 1)[-1])
             keywords = {
@@ -102,7 +115,7 @@ class Recorder:
                 leaves=[[jax.tree_util.keystr(path), list(np.shape(x)),
                          str(getattr(x, "dtype", None) or np.result_type(x))]
                         for path, x in leaves],
-                pickled=_pickled(problem, alg), started=time.time(),
+                started=time.time(),
             ))
             segment, self.start, self.time0, self.fevals0 = 0, 0, 0.0, 0
         else:
@@ -113,6 +126,8 @@ class Recorder:
                 "ORDER BY segment DESC LIMIT 1", (run, self.start),
             ).fetchone()
         self.writer = _sqlite.Writer(db, run, segment)
+        self.run, self.segment = run, segment
+        self.pickled = False  # (problem, alg) are stored with the first checkpoint
         self.clock = time.perf_counter()
         self.checkpointed = (0, self.clock)  # (iteration, perf_counter) of the last one
 
@@ -124,9 +139,10 @@ class Recorder:
         """Record iteration `iteration` (of this solve) at `u` (a pytree, or a flat vector)."""
         at = self.start + iteration
         params = flat(u).tobytes() if at % self.every == 0 else None
-        self.writer.iterations(
-            [(at, self.elapsed(), float(objective), self.fevals0 + int(fevals), params)]
-        )
+        self.writer.iterations([(
+            self.run, self.segment, at, self.elapsed(), float(objective),
+            self.fevals0 + int(fevals), params,
+        )])
 
     def rows(
         self, iterations: Sequence[int], objectives: np.ndarray, fevals: np.ndarray,
@@ -134,13 +150,16 @@ class Recorder:
     ) -> None:
         """Record iterations computed together since `since` (seconds, `elapsed()`): their
         times are spread evenly up to now; `params` maps an iteration to its parameters."""
-        now, m = self.elapsed(), len(iterations)
-        self.writer.iterations(
-            (self.start + it, since + (now - since) * (j + 1) / m, float(objectives[j]),
-             self.fevals0 + int(fevals[j]),
-             flat(params[it]).tobytes() if it in params else None)
-            for j, it in enumerate(iterations)
-        )
+        m = len(iterations)
+        its = np.asarray(iterations, np.int64)
+        times = since + (self.elapsed() - since) * np.arange(1, m + 1) / m
+        blobs = [flat(params[it]).tobytes() if it in params else None for it in iterations]
+        self.writer.iterations(zip(
+            itertools.repeat(self.run), itertools.repeat(self.segment),
+            (self.start + its).tolist(), times.tolist(),
+            np.asarray(objectives, np.float64).tolist(),
+            (self.fevals0 + np.asarray(fevals, np.int64)).tolist(), blobs,
+        ))
 
     def due(self, iteration: int) -> bool:
         """Whether a checkpoint is due after iteration `iteration` of this solve."""
@@ -155,17 +174,19 @@ class Recorder:
         """Write `state` after iteration `iteration`: kind "state" (what `warm_start`
         continues) or "point" (the iterate a host method restarts from)."""
         blob = pickle.dumps((kind, jax.device_get(state)))
+        pickled = None if self.pickled else _pickled(self.problem, self.alg)
         self.writer.checkpoint(
-            self.start + iteration, self.elapsed(), self.fevals0 + int(fevals), blob
+            self.start + iteration, self.elapsed(), self.fevals0 + int(fevals), blob, pickled
         )
-        self.checkpointed = (iteration, time.perf_counter())
+        self.checkpointed, self.pickled = (iteration, time.perf_counter()), True
 
     def finish(self, sol: OptimizationSolution, kind: str, state: Any) -> None:
-        """Record the outcome, with a last checkpoint (a stopped run can be resumed)."""
-        if state is not None:
-            self.checkpoint(sol.stats.iterations, sol.stats.fevals, kind, state)
+        """Record the outcome, with a last checkpoint (the problem and algorithm pickled
+        only if the run can be resumed: it stopped early, or checkpointed before)."""
+        if not self.pickled and sol.retcode not in (ReturnCode.Terminated, ReturnCode.MaxTime):
+            self.pickled = True  # a finished run is not resumed: no need to pickle them
+        self.checkpoint(sol.stats.iterations, sol.stats.fevals, kind, state)
         self.writer.finish(
             sol.retcode.name, sol.message, sol.objective, self.start + sol.stats.iterations,
             self.fevals0 + sol.stats.fevals,
         )
-        self.writer.db.close()
