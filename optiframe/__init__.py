@@ -104,6 +104,9 @@ _BACKEND_OF = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "plot":  # matplotlib's plots of recorded runs, imported on first use
+        value = globals()["plot"] = importlib.import_module(".plot", __name__)
+        return value
     if name not in _BACKEND_OF:
         raise AttributeError(f"module 'optiframe' has no attribute {name!r}")
     module = importlib.import_module(f".backends.{_BACKEND_OF[name]}", __name__)
@@ -161,6 +164,7 @@ __all__ = [
     "OptimizationProblem",
     "OptimizationSolution",
     "OptimizationState",
+    "plot",
     "PolyOpt",
     "Powell",
     "ProgressBar",

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from . import _sqlite
 from ._checks import count, number
 from .errors import InvalidProblemError, OptiframeError
 from .solution import OptimizationSolution, ReturnCode, Stats
@@ -137,6 +136,8 @@ def read_history(path: str | os.PathLike[str]) -> list[Run]:
     Raises:
         OptiframeError: `path` is missing, not an optiframe history, or from a newer one.
     """
+    from . import _sqlite  # sqlite3 is imported when a history is read or written
+
     db = _sqlite.connect(path, create=False)
     try:
         return [_run(db, row) for row in db.execute("SELECT * FROM runs ORDER BY id")]
@@ -199,6 +200,7 @@ def resume(
         OptiframeError: no run, nothing to resume (the run finished), no checkpoint, or the
             problem or algorithm is needed.
     """
+    from . import _sqlite
     from .solve import solve
 
     db = _sqlite.connect(path, create=False)

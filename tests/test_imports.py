@@ -10,7 +10,7 @@ import pytest
 # transform or a run), and every optional dependency.
 HEAVY = (
     "scipy.optimize", "optax", "nevergrad", "evosax", "diffrax", "optimistix", "equinox",
-    "tqdm", "matplotlib", "dask",
+    "tqdm", "matplotlib", "dask", "sqlite3", "optiframe.plot", "pandas",
 )
 
 
