@@ -91,6 +91,7 @@ class Run:
         params_iteration, params: the iterations whose parameters were recorded (k,) and
             the parameters there (k, n) float64, flattened in `leaves` order.
         checkpoints: the iterations with a checkpoint.
+        resumed_at: the checkpoints `opf.resume` continued the run from, in order.
     """
 
     id: int
@@ -112,6 +113,7 @@ class Run:
     params_iteration: np.ndarray
     params: np.ndarray
     checkpoints: np.ndarray
+    resumed_at: list[int] = dataclasses.field(default_factory=list)
 
     def frame(self) -> Any:
         """The iterations as a pandas DataFrame (columns iteration, time, objective,
@@ -174,6 +176,9 @@ def _run(db: Any, row: tuple[Any, ...]) -> Run:
         params_iteration=np.array([i for i, _ in with_params], np.int64),
         params=np.stack([p for _, p in with_params]) if with_params else np.empty((0, n)),
         checkpoints=np.array([r[0] for r in _live(db, run, "checkpoints", "time")], np.int64),
+        resumed_at=[start for (start,) in db.execute(
+            "SELECT start FROM segments WHERE run=? AND segment>0 ORDER BY segment", (run,)
+        )],
     )
 
 
@@ -191,8 +196,9 @@ def resume(
 
     Args:
         path: the history file.
-        prob, alg: the problem and the algorithm, when the file could not store them (a
-            lambda or an optax transform pickles only with cloudpickle installed).
+        prob: the problem, when the file could not store it (a lambda or an optax
+            transform pickles only with cloudpickle installed; large data is not pickled).
+        alg: the algorithm, likewise.
         **keywords: `solve` keywords that replace the recorded ones (a callback or a
             progress bar, which are not recorded, or a new `maxtime`).
 

@@ -52,7 +52,8 @@ def _axes(ax: Any, plt: Any) -> tuple[Any, Any]:
 def convergence(runs: Any, *, x: str = "iteration", ax: Any = None) -> Any:
     """The objective against iteration, evaluations or wall time, one line per run,
     labelled by algorithm (and run id where an algorithm ran more than once), on a log
-    scale (symlog where an objective is not positive).
+    scale (symlog where an objective is not positive). Where a run was resumed, a dotted
+    line marks the point.
 
     Args:
         runs: a `Run`, a history file's path (all its runs), or a list of them.
@@ -73,7 +74,11 @@ def convergence(runs: Any, *, x: str = "iteration", ax: Any = None) -> Any:
     times = collections.Counter(run.algorithm for run in runs)
     for run in runs:
         name = run.algorithm if times[run.algorithm] == 1 else f"{run.algorithm} (run {run.id})"
-        ax.plot(getattr(run, attribute), run.objective_trace, label=name)
+        xs = getattr(run, attribute)
+        (line,) = ax.plot(xs, run.objective_trace, label=name)
+        for start in run.resumed_at:  # where a resumed part starts
+            at = xs[np.searchsorted(run.iteration, start)] if start < run.iteration[-1] else xs[-1]
+            ax.axvline(at, color=line.get_color(), linestyle=":", linewidth=1)
     values = np.concatenate([run.objective_trace for run in runs] or [np.ones(1)])
     finite = values[np.isfinite(values)]
     ax.set_yscale("log" if finite.size and finite.min() > 0 else "symlog")
@@ -163,6 +168,9 @@ def profiles(
 
     Args:
         runs: {(problem, algorithm): Run}.
+        tol: the share of the initial gap `f0 - f*` a run must close.
+        cost: "fevals", "iteration" or "time".
+        f_star: {problem: its optimum}; default the best objective any run reached.
     """
     if cost not in _AXES:
         raise InvalidProblemError(

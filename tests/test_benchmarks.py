@@ -73,6 +73,11 @@ def test_ensemble_benchmark_smoke_run():
     assert "targets met" in out
 
 
+def test_history_benchmark_smoke_run():
+    out = quick_run("bench_history")
+    assert "with history" in out and "optimagic" in out and "targets met" in out
+
+
 def test_startup_benchmark_smoke_run():
     out = quick_run("bench_startup")
     assert "import optiframe / import jax" in out and "targets met" in out

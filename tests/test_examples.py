@@ -75,3 +75,17 @@ def test_many_problems():
     np.testing.assert_allclose(np.asarray(out["fits"].u), out["truth"], atol=0.1)
     assert len(out["multistart"].original) == 32 and out["multistart"].objective < 2.0
     assert out["host"].successful.all()
+
+
+def test_resume_after_kill(tmp_path, capsys):
+    out = load("resume_after_kill").main(
+        ["--quick", "--output", str(tmp_path / "h.png"), "--path", str(tmp_path / "fit.sqlite")]
+    )
+    killed, run, sol = out["killed"], out["run"], out["solution"]
+    assert killed.retcode is None and len(killed.checkpoints) >= 2
+    assert run.resumed_at == [killed.checkpoints[-1]]
+    assert sol.retcode is opf.ReturnCode.MaxIters
+    assert run.iteration[-1] == 40_000 and run.retcode is opf.ReturnCode.MaxIters
+    np.testing.assert_array_equal(run.iteration, np.arange(1, 40_001))
+    assert (tmp_path / "h.png").stat().st_size > 10_000
+    assert "resumed from iteration" in capsys.readouterr().out
