@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import InvalidProblemError, OptiframeError
 from .history import Run, read_history
+from .solution import OptimizationSolution
 
 _AXES = {"iteration": ("iteration", "iteration"), "fevals": ("fevals_trace", "evaluations"),
          "time": ("time", "wall time (s)")}
@@ -29,9 +30,18 @@ def _pyplot() -> Any:
 
 
 def _runs(runs: Any) -> list[Run]:
-    """`runs` as a list of `Run`: a Run, a history path (all its runs), or several."""
+    """`runs` as a list of `Run`: a Run, a history path (all its runs), a solution of a
+    recorded solve, or several."""
     if isinstance(runs, Run):
         return [runs]
+    if isinstance(runs, OptimizationSolution):
+        if runs.history is None:
+            raise InvalidProblemError(
+                "opf.plot: this solution was not recorded; solve with history=... to plot "
+                "its convergence."
+            )
+        path, run = runs.history
+        return [r for r in read_history(path) if r.id == run]
     if isinstance(runs, (str, os.PathLike)):
         return read_history(runs)
     if isinstance(runs, Iterable):
@@ -56,7 +66,8 @@ def convergence(runs: Any, *, x: str = "iteration", ax: Any = None) -> Any:
     line marks the point.
 
     Args:
-        runs: a `Run`, a history file's path (all its runs), or a list of them.
+        runs: a `Run`, a history file's path (all its runs), a solution of a solve with
+            `history=`, or a list of them.
         x: "iteration", "fevals" or "time".
         ax: a matplotlib Axes to draw into (default: a new figure).
 

@@ -88,6 +88,8 @@ class OptimizationSolution:
         problem: the problem that was solved.
         alg: the algorithm that solved it.
         message: a human-readable account of the stop.
+        history: (path, run id) where `solve(..., history=...)` recorded the run, else
+            None; `opf.plot.convergence(sol)` reads it from there.
     """
 
     u: Any
@@ -99,6 +101,7 @@ class OptimizationSolution:
     problem: Any = None
     alg: Any = None
     message: str = ""
+    history: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
         return (

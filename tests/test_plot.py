@@ -55,6 +55,20 @@ def test_convergence_draws_one_line_per_run_labelled_by_algorithm(history):
         opf.plot.convergence(runs, x="seconds")
 
 
+def test_convergence_of_recorded_solutions(tmp_path):
+    path = tmp_path / "two.sqlite"
+    prob = opf.OptimizationProblem(rosenbrock, {"a": jnp.zeros(2), "b": jnp.zeros((1, 2))})
+    sols = [opf.solve(prob, alg, maxiters=200, history=path)
+            for alg in (opf.LBFGSB(), optax.adam(0.05))]
+    assert [sol.history for sol in sols] == [(str(path), 1), (str(path), 2)]
+    fig = opf.plot.convergence(sols)
+    runs = opf.read_history(path)
+    for line, run in zip(fig.axes[0].lines, runs, strict=True):
+        np.testing.assert_array_equal(line.get_ydata(), run.objective_trace)
+    with pytest.raises(opf.InvalidProblemError, match="solve with history=... to plot"):
+        opf.plot.convergence(opf.solve(prob, opf.LBFGSB()))
+
+
 def test_params_labels_each_parameter_by_its_leaf(history):
     run = opf.read_history(history)[0]
     fig = opf.plot.params(run)

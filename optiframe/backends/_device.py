@@ -306,6 +306,8 @@ class DeviceRun:
         if first is not None and done:  # the method's start was an iteration
             self._show(done, self.carry.state, self.carry.state, first, self.start_p)
         calls = None if total is None else total - done
+        if calls is not None and calls < 1:  # the method's start spent the budget
+            return
         size = self._chunk_size()
         if size > 1:
             return self._chunks(size, math.inf if calls is None else calls, done)
@@ -531,7 +533,7 @@ class DeviceRun:
             message=message,
         )
         if self.recorder is not None:
-            self.recorder.finish(sol, "state", sol.state)
+            sol = self.recorder.finish(sol, "state", sol.state)
         return sol
 
 

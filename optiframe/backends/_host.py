@@ -416,7 +416,7 @@ class HostRun:
             self.progress.close(self.done, self.sign * self.best.loss)
         sol = self.solution(result, stop)
         if self.recorder is not None:
-            self.recorder.finish(sol, "point", sol.u)
+            sol = self.recorder.finish(sol, "point", sol.u)
         return sol
 
     @property

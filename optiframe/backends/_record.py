@@ -6,10 +6,12 @@ it writes them to the file (`.._sqlite`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import itertools
 import json
+import os
 import pickle
 import time
 from collections.abc import Sequence
@@ -180,9 +182,10 @@ class Recorder:
         )
         self.checkpointed, self.pickled = (iteration, time.perf_counter()), True
 
-    def finish(self, sol: OptimizationSolution, kind: str, state: Any) -> None:
+    def finish(self, sol: OptimizationSolution, kind: str, state: Any) -> OptimizationSolution:
         """Record the outcome, with a last checkpoint (the problem and algorithm pickled
-        only if the run can be resumed: it stopped early, or checkpointed before)."""
+        only if the run can be resumed: it stopped early, or checkpointed before); `sol`
+        with where it was recorded."""
         if not self.pickled and sol.retcode not in (ReturnCode.Terminated, ReturnCode.MaxTime):
             self.pickled = True  # a finished run is not resumed: no need to pickle them
         self.checkpoint(sol.stats.iterations, sol.stats.fevals, kind, state)
@@ -190,3 +193,4 @@ class Recorder:
             sol.retcode.name, sol.message, sol.objective, self.start + sol.stats.iterations,
             self.fevals0 + sol.stats.fevals,
         )
+        return dataclasses.replace(sol, history=(os.fspath(self.history.path), self.run))
