@@ -4,12 +4,13 @@ Nevergrad and more by changing one argument."""
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._resume import resume
 from .backends.base import Algorithm, Capabilities, SolveOptions
 from .cache import enable_compilation_cache
 from .data import DataLoader
 from .ensemble import EnsembleProblem, EnsembleSolution
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
-from .history import History, Run, read_history, resume
+from .history import History, Run, read_history
 from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake
 from .progress import ProgressBar
 from .solution import OptimizationSolution, OptimizationState, ReturnCode, Stats

@@ -1,5 +1,5 @@
-"""Run histories: `solve(..., history=...)` records a run in SQLite, `read_history` reads
-the runs back, `resume` continues the last one from its last checkpoint.
+"""Run histories: `solve(..., history=...)` records a run in SQLite (`History`),
+`read_history` reads the runs back (`Run`); `resume.py` continues the last one.
 
 The file (see `_sqlite.py`) holds one row per solve, one row per iteration (wall time,
 objective, fevals and, every k-th iteration, the parameters) and checkpoints of the
@@ -12,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
-import warnings
 from typing import Any
 
 import numpy as np
 
 from ._checks import count, number
 from .errors import InvalidProblemError, OptiframeError
-from .solution import OptimizationSolution, ReturnCode, Stats
+from .solution import ReturnCode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,83 +178,3 @@ def _run(db: Any, row: tuple[Any, ...]) -> Run:
             "SELECT start FROM segments WHERE run=? AND segment>0 ORDER BY segment", (run,)
         )],
     )
-
-
-def resume(
-    path: str | os.PathLike[str], prob: Any = None, alg: Any = None, **keywords: Any
-) -> OptimizationSolution:
-    """Continue the last run of `path` from its last checkpoint, recording into the same
-    run.
-
-    On-device algorithms (optax, evosax, optimistix) continue from the checkpointed state,
-    and a deterministic run (full data, or a `DataLoader` with its key; evosax with its
-    seed) ends bit for bit where the uninterrupted run would. A host method (SciPy,
-    Nevergrad) cannot have its internal state restored: it restarts from the checkpointed
-    point with the rest of the budget, and says so.
-
-    Args:
-        path: the history file.
-        prob: the problem, when the file could not store it (a lambda or an optax
-            transform pickles only with cloudpickle installed; large data is not pickled).
-        alg: the algorithm, likewise.
-        **keywords: `solve` keywords that replace the recorded ones (a callback or a
-            progress bar, which are not recorded, or a new `maxtime`).
-
-    Raises:
-        OptiframeError: no run, nothing to resume (the run finished), no checkpoint, or the
-            problem or algorithm is needed.
-    """
-    from . import _sqlite
-    from .solve import solve
-
-    db = _sqlite.connect(path, create=False)
-    try:
-        row = db.execute(
-            "SELECT id, keywords, pickled, retcode FROM runs ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            raise OptiframeError(f"{os.fspath(path)!r} holds no run to resume.")
-        run, recorded, pickled, retcode = row
-        if retcode is not None and retcode not in ("Terminated", "MaxTime"):
-            raise OptiframeError(
-                f"Run {run} of {os.fspath(path)!r} finished with {retcode}: there is nothing "
-                "to resume. To run it further, solve again with warm_start=sol."
-            )
-        checkpoint = db.execute(
-            "SELECT iteration, fevals, state FROM checkpoints WHERE run=? "
-            "ORDER BY segment DESC, iteration DESC LIMIT 1", (run,),
-        ).fetchone()
-    finally:
-        db.close()
-    if checkpoint is None:
-        raise OptiframeError(
-            f"Run {run} of {os.fspath(path)!r} has no checkpoint yet; solve it again."
-        )
-    if prob is None or alg is None:
-        stored = pickle.loads(pickled) if pickled is not None else (None, None)
-        prob, alg = prob if prob is not None else stored[0], alg if alg is not None else stored[1]
-    if prob is None or alg is None:
-        raise OptiframeError(
-            f"Run {run} of {os.fspath(path)!r} could not store its problem and algorithm "
-            "(they do not pickle; installing cloudpickle helps): pass them, "
-            "opf.resume(path, prob, alg)."
-        )
-    iteration, _, blob = checkpoint
-    kind, state = pickle.loads(blob)
-    kw = {k: v for k, v in json.loads(recorded).items() if k in ("abstol", "reltol", "save_best")}
-    kw.update(keywords)
-    maxiters = json.loads(recorded).get("maxiters")
-    if maxiters is not None:
-        kw.setdefault("maxiters", maxiters - iteration)
-    history = History(path, continues=(run, iteration))
-    if kind == "point":  # a host method: restart from the point
-        warnings.warn(
-            f"Resuming run {run} from the point of iteration {iteration}: the library's "
-            "internal state (line-search memory, Hessian approximation) cannot be restored, "
-            "so it restarts from there.", stacklevel=2,
-        )
-        return solve(prob.remake(u0=state), alg, history=history, **kw)
-    warm = OptimizationSolution(
-        u=None, objective=np.nan, retcode=ReturnCode.Terminated, stats=Stats(), state=state,
-    )
-    return solve(prob, alg, history=history, warm_start=warm, **kw)
