@@ -34,7 +34,8 @@ def resume(
             transform pickles only with cloudpickle installed; large data is not pickled).
         alg: the algorithm, likewise.
         **keywords: `solve` keywords that replace the recorded ones (a callback or a
-            progress bar, which are not recorded, or a new `maxtime`).
+            progress bar, which are not recorded, or a new `maxtime`). The run's solver
+            options come back with its pickled problem.
 
     Raises:
         OptiframeError: no run, nothing to resume (the run finished), no checkpoint, or the
@@ -65,9 +66,9 @@ def resume(
         raise OptiframeError(
             f"Run {run} of {os.fspath(path)!r} has no checkpoint yet; solve it again."
         )
-    if prob is None or alg is None:
-        stored = pickle.loads(pickled) if pickled is not None else (None, None)
-        prob, alg = prob if prob is not None else stored[0], alg if alg is not None else stored[1]
+    recorded = json.loads(recorded)
+    stored = pickle.loads(pickled) if pickled is not None else (None, None, {})
+    prob, alg = prob if prob is not None else stored[0], alg if alg is not None else stored[1]
     if prob is None or alg is None:
         raise OptiframeError(
             f"Run {run} of {os.fspath(path)!r} could not store its problem and algorithm "
@@ -76,12 +77,12 @@ def resume(
         )
     iteration, _, blob = checkpoint
     kind, state = pickle.loads(blob)
-    kw = {k: v for k, v in json.loads(recorded).items() if k in ("abstol", "reltol", "save_best")}
+    kw = {k: v for k, v in recorded.items() if k in ("abstol", "reltol", "save_best")}
+    kw.update(stored[2])  # the solver options
     kw.update(keywords)
-    maxiters = json.loads(recorded).get("maxiters")
-    if maxiters is not None:
-        kw.setdefault("maxiters", maxiters - iteration)
-    history = History(path, continues=(run, iteration))
+    if recorded["maxiters"] is not None:
+        kw.setdefault("maxiters", recorded["maxiters"] - iteration)
+    history = History(path, continues=(run, iteration), **recorded["history"])
     if kind == "point":  # a host method: restart from the point
         warnings.warn(
             f"Resuming run {run} from the point of iteration {iteration}: the library's "

@@ -178,6 +178,8 @@ def test_a_killed_run_keeps_its_rows_and_resumes_bit_for_bit(tmp_path, kind, che
     np.testing.assert_array_equal(run.objective_trace, ref.objective_trace)
     np.testing.assert_array_equal(run.fevals_trace, ref.fevals_trace)
     assert run.fevals == ref.fevals
+    # the resumed part checkpoints as the run was told to (every 500 iterations)
+    assert len(run.checkpoints[run.checkpoints > last]) >= 5
 
 
 def test_a_ctrl_c_run_resumes_bit_for_bit(tmp_path):

@@ -63,10 +63,12 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _pickled(problem: OptimizationProblem, alg: Algorithm) -> bytes | None:
-    """(problem, algorithm) pickled (with cloudpickle if installed: lambdas, optax
-    transforms), or None if they do not pickle or their arrays (`u0`, `p`, a DataLoader's)
-    take more than `PICKLE_BYTES`."""
+def _pickled(
+    problem: OptimizationProblem, alg: Algorithm, solver_options: dict[str, Any]
+) -> bytes | None:
+    """(problem, algorithm, solver options) pickled (with cloudpickle if installed:
+    lambdas, optax transforms), or None if they do not pickle or the problem's arrays
+    (`u0`, `p`, a DataLoader's) take more than `PICKLE_BYTES`."""
     p = problem.p.arrays if isinstance(problem.p, DataLoader) else problem.p
     arrays = jax.tree.leaves((problem.u0, p))
     if sum(getattr(x, "nbytes", 0) for x in arrays) > PICKLE_BYTES:
@@ -76,7 +78,7 @@ def _pickled(problem: OptimizationProblem, alg: Algorithm) -> bytes | None:
     except ImportError:
         dumper = pickle
     try:
-        blob = dumper.dumps((problem, alg))
+        blob = dumper.dumps((problem, alg, solver_options))
     except Exception:  # anything unpicklable: the user passes them to resume
         return None
     return blob if len(blob) <= PICKLE_BYTES else None
@@ -98,7 +100,7 @@ class Recorder:
         leaves = jax.tree_util.tree_leaves_with_path(problem.u0)
         self.n = sum(int(np.size(x)) for _, x in leaves)
         self.every = history.params_every or params_every(self.n)
-        self.problem, self.alg = problem, alg
+        self.problem, self.alg, self.solver_options = problem, alg, options.solver_options
         db = _sqlite.writer_connection(history.path)
         if history.continues is None:
             library = _LIBRARIES.get(type(alg).__module__.rsplit(".", 1)[-1])
@@ -107,6 +109,11 @@ class Recorder:
                 for name in ("maxiters", "maxtime", "abstol", "reltol", "epochs", "save_best")
             }
             keywords["solver_options"] = options.solver_options
+            keywords["history"] = {  # what a resumed part records with
+                "checkpoint_every": history.checkpoint_every,
+                "checkpoint_seconds": history.checkpoint_seconds,
+                "params_every": self.every,
+            }
             run = _sqlite.new_run(db, dict(
                 problem=repr(problem), algorithm=repr(alg),
                 keywords=json.loads(json.dumps(keywords, default=repr)),
@@ -176,7 +183,9 @@ class Recorder:
         """Write `state` after iteration `iteration`: kind "state" (what `warm_start`
         continues) or "point" (the iterate a host method restarts from)."""
         blob = pickle.dumps((kind, jax.device_get(state)))
-        pickled = None if self.pickled else _pickled(self.problem, self.alg)
+        pickled = None if self.pickled else _pickled(
+            self.problem, self.alg, self.solver_options
+        )
         self.writer.checkpoint(
             self.start + iteration, self.elapsed(), self.fevals0 + int(fevals), blob, pickled
         )
