@@ -68,14 +68,15 @@ _SCHEMA = {  # version -> the statements that bring the previous version to it
 
 
 _OPEN: dict[tuple[Any, ...], tuple[sqlite3.Connection, tuple[int, int]]] = {}
+OPEN_FILES = 16  # connections kept open, the least recently used closed first
 
 
 def writer_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
     """`connect(path, create=True)`, kept open for this thread's later runs on the same
-    file (opening and closing, which checkpoints the WAL, cost ~7 ms a run). A file
-    replaced or deleted since gets a new connection."""
+    file (opening and closing, which checkpoints the WAL, cost ~7 ms a run; at most
+    `OPEN_FILES` stay open). A file replaced or deleted since gets a new connection."""
     key = (os.path.abspath(os.fspath(path)), os.getpid(), threading.get_ident())
-    db, inode = _OPEN.get(key, (None, None))
+    db, inode = _OPEN.pop(key, (None, None))
     try:
         stat = os.stat(key[0])
         current = (stat.st_dev, stat.st_ino)
@@ -84,7 +85,11 @@ def writer_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
     if db is None or inode != current:
         db = connect(path, create=True)
         stat = os.stat(key[0])
-        _OPEN[key] = db, (stat.st_dev, stat.st_ino)
+        inode = (stat.st_dev, stat.st_ino)
+    _OPEN[key] = db, inode  # the most recently used last
+    mine = [k for k in _OPEN if k[1:] == key[1:]]  # only this thread may close its own
+    for old in mine[:-OPEN_FILES]:
+        _OPEN.pop(old)[0].close()
     return db
 
 

@@ -98,8 +98,8 @@ class Recorder:
     ) -> None:
         self.history = history
         leaves = jax.tree_util.tree_leaves_with_path(problem.u0)
-        self.n = sum(int(np.size(x)) for _, x in leaves)
-        self.every = history.params_every or params_every(self.n)
+        n = sum(int(np.size(x)) for _, x in leaves)
+        self.every = history.params_every or params_every(n)
         self.problem, self.alg, self.solver_options = problem, alg, options.solver_options
         db = _sqlite.writer_connection(history.path)
         if history.continues is None:
