@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import OptiframeError
@@ -148,42 +148,58 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         raise
 
 
+RUN, SEGMENT = object(), object()  # in a statement's arguments: the writer's run, segment
+
+
 class Writer:
-    """The writes of one run: rows are queued and committed in batches.
+    """The writes of one run: rows are queued and committed in batches. The run (or its
+    resumed segment) is created by the first commit, in the same transaction: a short run
+    costs one transaction.
 
     Args:
         db: the open file.
-        run: the run's id.
-        segment: the part of the run being written (0, then one more per resume).
+        opening: `opening(db) -> (run id, segment)`, called inside the first transaction
+            (`insert_run` or `insert_segment`).
     """
 
-    def __init__(self, db: sqlite3.Connection, run: int, segment: int) -> None:
-        self.db, self.run, self.segment = db, run, segment
+    def __init__(
+        self, db: sqlite3.Connection, opening: Callable[[sqlite3.Connection], tuple[int, int]]
+    ) -> None:
+        self.db, self.opening = db, opening
+        self.run: int | None = None
+        self.segment: int | None = None
         self.rows: list[tuple[Any, ...]] = []
         self.last_commit = time.monotonic()
 
     def iterations(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Queue (run, segment, iteration, time, objective, fevals, params blob or None)
-        rows."""
+        """Queue (iteration, time, objective, fevals, params blob or None) rows."""
         self.rows.extend(rows)
         if len(self.rows) >= COMMIT_ROWS or time.monotonic() - self.last_commit >= COMMIT_SECONDS:
             self.commit()
 
     def commit(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
-        """Write the queued rows and `statements` in one transaction."""
+        """Write the queued rows and `statements` (`RUN` and `SEGMENT` in their arguments
+        stand for the run's) in one transaction."""
         if not self.rows and not statements:
             return
         self.db.execute("BEGIN IMMEDIATE")
+        opens = self.run is None
         try:
+            if opens:
+                self.run, self.segment = self.opening(self.db)
+            ids = {id(RUN): self.run, id(SEGMENT): self.segment}
             if self.rows:
                 self.db.executemany(
-                    "INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?)", self.rows
+                    "INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ((self.run, self.segment, *row) for row in self.rows),
                 )
             for sql, args in statements:
-                self.db.execute(sql, args)
+                self.db.execute(sql, tuple(ids.get(id(a), a) for a in args))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
+            if opens:  # the run's row went with the transaction
+                self.run = self.segment = None
             raise
         self.rows, self.last_commit = [], time.monotonic()
 
@@ -195,10 +211,10 @@ class Writer:
         pickled problem and algorithm, if given)."""
         statements = [(
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
-            (self.run, self.segment, iteration, elapsed, fevals, state),
+            (RUN, SEGMENT, iteration, elapsed, fevals, state),
         )]
         if pickled is not None:
-            statements.append(("UPDATE runs SET pickled=? WHERE id=?", (pickled, self.run)))
+            statements.append(("UPDATE runs SET pickled=? WHERE id=?", (pickled, RUN)))
         self.commit(*statements)
 
     def finish(self, retcode: str, message: str, objective: float, iterations: int,
@@ -207,42 +223,31 @@ class Writer:
         self.commit((
             "UPDATE runs SET ended=?, retcode=?, message=?, objective=?, iterations=?, "
             "fevals=? WHERE id=?",
-            (time.time(), retcode, message, objective, iterations, fevals, self.run),
+            (time.time(), retcode, message, objective, iterations, fevals, RUN),
         ))
 
 
-def new_run(db: sqlite3.Connection, record: dict[str, Any]) -> int:
-    """Insert a run (the `runs` columns in `record`) and its first segment; its id."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        cursor = db.execute(
-            "INSERT INTO runs (problem, algorithm, keywords, versions, leaves, started)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (record["problem"], record["algorithm"], json.dumps(record["keywords"]),
-             json.dumps(record["versions"]), json.dumps(record["leaves"]), record["started"]),
-        )
-        run = cursor.lastrowid
-        db.execute("INSERT INTO segments VALUES (?, 0, 0, ?)", (run, record["started"]))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return run
+def insert_run(db: sqlite3.Connection, record: dict[str, Any]) -> tuple[int, int]:
+    """Insert a run (the `runs` columns in `record`) and its first segment, inside the
+    caller's transaction; (its id, 0)."""
+    cursor = db.execute(
+        "INSERT INTO runs (problem, algorithm, keywords, versions, leaves, started)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (record["problem"], record["algorithm"], json.dumps(record["keywords"]),
+         json.dumps(record["versions"]), json.dumps(record["leaves"]), record["started"]),
+    )
+    db.execute("INSERT INTO segments VALUES (?, 0, 0, ?)", (cursor.lastrowid, record["started"]))
+    return cursor.lastrowid, 0
 
 
-def new_segment(db: sqlite3.Connection, run: int, start: int) -> int:
-    """Open the next segment of `run`, resuming after iteration `start`; its number. The
-    run's outcome is cleared until the new segment ends."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        (last,) = db.execute("SELECT MAX(segment) FROM segments WHERE run=?", (run,)).fetchone()
-        db.execute("INSERT INTO segments VALUES (?, ?, ?, ?)", (run, last + 1, start, time.time()))
-        db.execute(
-            "UPDATE runs SET ended=NULL, retcode=NULL, message=NULL, objective=NULL, "
-            "iterations=NULL, fevals=NULL WHERE id=?", (run,),
-        )
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return last + 1
+def insert_segment(db: sqlite3.Connection, run: int, start: int) -> tuple[int, int]:
+    """Open the next segment of `run`, resuming after iteration `start`, inside the
+    caller's transaction; (run, its number). The run's outcome is cleared until the new
+    segment ends."""
+    (last,) = db.execute("SELECT MAX(segment) FROM segments WHERE run=?", (run,)).fetchone()
+    db.execute("INSERT INTO segments VALUES (?, ?, ?, ?)", (run, last + 1, start, time.time()))
+    db.execute(
+        "UPDATE runs SET ended=NULL, retcode=NULL, message=NULL, objective=NULL, "
+        "iterations=NULL, fevals=NULL WHERE id=?", (run,),
+    )
+    return run, last + 1

@@ -30,8 +30,8 @@ class History:
         checkpoint_every: write a checkpoint of the solver's state after this many
             iterations (None: by time only). A fused on-device run writes it at the end of
             the chunk (about `HISTORY_SECONDS`, 0.5 s, of iterations) that passes it.
-        checkpoint_seconds: ... or this many seconds (None: by count only). Every run
-            writes one more checkpoint when it ends.
+        checkpoint_seconds: ... or this many seconds (None: by count only). A run that
+            stops early (`Terminated`, `MaxTime`) writes one more where it stopped.
         params_every: record the parameters every this many iterations (None: chosen from
             their size, so that they take at most about 4 KiB per iteration on average:
             every iteration up to 512 float64 values, every 2nd up to 1,024, ...).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
-import itertools
 import json
 import os
 import pickle
@@ -114,7 +113,7 @@ class Recorder:
                 "checkpoint_seconds": history.checkpoint_seconds,
                 "params_every": self.every,
             }
-            run = _sqlite.new_run(db, dict(
+            record = dict(
                 problem=repr(problem), algorithm=repr(alg),
                 keywords=json.loads(json.dumps(keywords, default=repr)),
                 versions={
@@ -125,17 +124,17 @@ class Recorder:
                          str(getattr(x, "dtype", None) or np.result_type(x))]
                         for path, x in leaves],
                 started=time.time(),
-            ))
-            segment, self.start, self.time0, self.fevals0 = 0, 0, 0.0, 0
+            )
+            opening = lambda db: _sqlite.insert_run(db, record)
+            self.start, self.time0, self.fevals0 = 0, 0.0, 0
         else:
             run, self.start = history.continues
-            segment = _sqlite.new_segment(db, run, self.start)
+            opening = lambda db: _sqlite.insert_segment(db, run, self.start)
             self.time0, self.fevals0 = db.execute(
                 "SELECT time, fevals FROM checkpoints WHERE run=? AND iteration=? "
                 "ORDER BY segment DESC LIMIT 1", (run, self.start),
             ).fetchone()
-        self.writer = _sqlite.Writer(db, run, segment)
-        self.run, self.segment = run, segment
+        self.writer = _sqlite.Writer(db, opening)
         self.pickled = False  # (problem, alg) are stored with the first checkpoint
         self.clock = time.perf_counter()
         self.checkpointed = (0, self.clock)  # (iteration, perf_counter) of the last one
@@ -148,10 +147,9 @@ class Recorder:
         """Record iteration `iteration` (of this solve) at `u` (a pytree, or a flat vector)."""
         at = self.start + iteration
         params = flat(u).tobytes() if at % self.every == 0 else None
-        self.writer.iterations([(
-            self.run, self.segment, at, self.elapsed(), float(objective),
-            self.fevals0 + int(fevals), params,
-        )])
+        self.writer.iterations(
+            [(at, self.elapsed(), float(objective), self.fevals0 + int(fevals), params)]
+        )
 
     def rows(
         self, iterations: Sequence[int], objectives: np.ndarray, fevals: np.ndarray,
@@ -164,7 +162,6 @@ class Recorder:
         times = since + (self.elapsed() - since) * np.arange(1, m + 1) / m
         blobs = [flat(params[it]).tobytes() if it in params else None for it in iterations]
         self.writer.iterations(zip(
-            itertools.repeat(self.run), itertools.repeat(self.segment),
             (self.start + its).tolist(), times.tolist(),
             np.asarray(objectives, np.float64).tolist(),
             (self.fevals0 + np.asarray(fevals, np.int64)).tolist(), blobs,
@@ -192,14 +189,15 @@ class Recorder:
         self.checkpointed, self.pickled = (iteration, time.perf_counter()), True
 
     def finish(self, sol: OptimizationSolution, kind: str, state: Any) -> OptimizationSolution:
-        """Record the outcome, with a last checkpoint (the problem and algorithm pickled
-        only if the run can be resumed: it stopped early, or checkpointed before); `sol`
-        with where it was recorded."""
-        if not self.pickled and sol.retcode not in (ReturnCode.Terminated, ReturnCode.MaxTime):
-            self.pickled = True  # a finished run is not resumed: no need to pickle them
-        self.checkpoint(sol.stats.iterations, sol.stats.fevals, kind, state)
+        """Record the outcome; a run that stopped early (`Terminated`, `MaxTime`), which
+        `resume` continues, with a last checkpoint (and its problem and algorithm pickled,
+        if no checkpoint did it before). Returns `sol` with where it was recorded."""
+        if sol.retcode in (ReturnCode.Terminated, ReturnCode.MaxTime):
+            self.checkpoint(sol.stats.iterations, sol.stats.fevals, kind, state)
         self.writer.finish(
             sol.retcode.name, sol.message, sol.objective, self.start + sol.stats.iterations,
             self.fevals0 + sol.stats.fevals,
         )
-        return dataclasses.replace(sol, history=(os.fspath(self.history.path), self.run))
+        return dataclasses.replace(
+            sol, history=(os.fspath(self.history.path), self.writer.run)
+        )
