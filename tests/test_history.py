@@ -184,6 +184,7 @@ def test_a_killed_run_keeps_its_rows_and_resumes_bit_for_bit(tmp_path, kind, che
 
 def test_a_ctrl_c_run_resumes_bit_for_bit(tmp_path):
     path = tmp_path / "interrupted.sqlite"
+    fit(tmp_path / "warm-up.sqlite", "full", maxiters=10)  # compiled: Ctrl-C lands mid-run
     timer = threading.Timer(0.5, _thread.interrupt_main)
     timer.start()
     with pytest.warns(UserWarning, match="interrupted"):
