@@ -71,7 +71,8 @@ def _build(d: Derivatives, unravel: Callable[..., Any], ad: str | None) -> dict[
         def value_and_grad(x, p):  # one vector [loss, *grad]: one transfer, not two
             (loss, _), grad = d.value_and_grad(unravel(x), p)
             grad = flat(grad)
-            return jnp.concatenate([jnp.reshape(loss, 1).astype(grad.dtype), grad])
+            dtype = jnp.result_type(loss, grad)  # the wider: a float16 leaf keeps the loss
+            return jnp.concatenate([jnp.reshape(loss, 1).astype(dtype), grad.astype(dtype)])
 
         fns["value_and_grad"] = value_and_grad
     if d.hess is not None:
