@@ -9,7 +9,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from ._mesh import DATA, HOSTS, data_mesh, place
 from .errors import InvalidProblemError
 
 
@@ -21,6 +24,14 @@ class DataLoader:
     same orders for the same key. The arrays are moved to the device once, so `solve` can
     gather batches by index inside its compiled loop.
 
+    With several devices, each batch is split over them along the mesh axis "data"
+    (`loader.mesh`), and `solve` runs data-parallel: parameters and optimizer state
+    replicated, gradients all-reduced by XLA. Every device holds a copy of its process's
+    arrays and gathers its share of each batch from it. Under `jax.distributed`, `arrays`
+    are this process's samples, every process gives the same `batch_size` and number of
+    samples, and a global batch is the concatenation of the processes' batches, in
+    process order.
+
     Args:
         arrays: a pytree of arrays sharing their leading dimension N.
         batch_size: samples per batch (the last batch of an epoch holds the remaining
@@ -28,6 +39,15 @@ class DataLoader:
         shuffle: draw a new order every epoch.
         key: the JAX key of the orders (default `jax.random.key(0)`).
         drop_last: drop the last partial batch.
+        devices: the local devices a batch is split over: "auto" (all of them when each
+            batch divides evenly over them, else one), an int (the first n), a sequence of
+            devices, or None (one device). Under `jax.distributed` a batch is split over
+            every process, each process's share over its `devices` ("auto": all).
+
+    Raises:
+        InvalidProblemError: a batch (the last partial one included) that does not divide
+            evenly over the devices asked for. It is refused, not padded: `fun(u, batch)`
+            sees the batch whole, so padding would change its value.
 
     Example:
         >>> loader = DataLoader((x, y), batch_size=32, shuffle=True, key=jax.random.key(1))
@@ -41,6 +61,7 @@ class DataLoader:
         shuffle: bool = False,
         key: jax.Array | None = None,
         drop_last: bool = False,
+        devices: Any = "auto",
     ) -> None:
         leaves = jax.tree.leaves(arrays)
         if not leaves:
@@ -61,13 +82,15 @@ class DataLoader:
                 f"`DataLoader(batch_size={batch_size}, drop_last=True)` over {n} samples "
                 "yields no batch; lower batch_size or set drop_last=False."
             )
-        self.arrays = jax.tree.map(jnp.asarray, arrays)
         self.num_samples = int(n)
         self.batch_size = int(min(batch_size, n))
         self.shuffle = bool(shuffle)
         self.key = jax.random.key(0) if key is None else key
         self.drop_last = bool(drop_last)
         self._passes = 0
+        sizes = (self.batch_size, self.last_batch_size)
+        self.mesh: Mesh | None = data_mesh(devices, sizes, self.num_samples)
+        self.arrays = place(arrays, self.mesh)
 
     @property
     def num_full_batches(self) -> int:
@@ -92,7 +115,8 @@ class DataLoader:
         """Batch `index` of epoch `epoch` (pass `order(epoch)` to reuse it)."""
         order = self.order(epoch) if order is None else order
         start = index * self.batch_size
-        return _take(self.arrays, order, start, min(self.batch_size, self.num_samples - start))
+        size = min(self.batch_size, self.num_samples - start)
+        return _take(self.arrays, order, start, size, self.mesh)
 
     def epoch(self, epoch: int) -> Iterator[Any]:
         """The batches of epoch `epoch`, in order."""
@@ -108,7 +132,8 @@ class DataLoader:
     def __repr__(self) -> str:
         return (
             f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "
-            f"batches={len(self)}, shuffle={self.shuffle}, drop_last={self.drop_last})"
+            f"batches={len(self)}, shuffle={self.shuffle}, drop_last={self.drop_last}, "
+            f"devices={1 if self.mesh is None else self.mesh.devices.size})"
         )
 
 
@@ -117,11 +142,30 @@ def _permutation(key: jax.Array, epoch: Any, n: int) -> jax.Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
 
-@functools.partial(jax.jit, static_argnums=3)
-def _take(arrays: Any, order: jax.Array, start: Any, size: int) -> Any:
-    """The samples `order[start : start + size]` of every array (one compiled gather)."""
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _take(arrays: Any, order: jax.Array, start: Any, size: int, mesh: Mesh | None) -> Any:
+    return gather(arrays, order, start, size, mesh)
+
+
+def gather(arrays: Any, order: jax.Array, start: Any, size: int, mesh: Mesh | None) -> Any:
+    """The batch of samples `order[start : start + size]` of every array (traced).
+
+    With a `mesh`, the batch is split along its axes ("hosts", "data"): each device takes
+    its `size // devices` samples from its process's arrays, with no communication. Under
+    `jax.distributed` the result is the processes' batches, concatenated.
+    """
     take = jax.lax.dynamic_slice_in_dim(order, start, size)
-    return jax.tree.map(lambda a: jnp.take(a, take, axis=0), arrays)
+    if mesh is None:
+        return jax.tree.map(lambda a: jnp.take(a, take, axis=0), arrays)
+    share = size // mesh.shape[DATA]
+
+    def local(arrays: Any, take: jax.Array) -> Any:
+        mine = jax.lax.dynamic_slice_in_dim(take, jax.lax.axis_index(DATA) * share, share)
+        return jax.tree.map(lambda a: jnp.take(a, mine, axis=0), arrays)
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(HOSTS), P()), out_specs=P((HOSTS, DATA))
+    )(arrays, take)
 
 
 def is_data_iterator(p: Any) -> bool:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from ._checks import count, number
+from ._mesh import spans_processes
 from .backends.base import (
     COMMON_KEYWORDS,
     Algorithm,
@@ -274,6 +275,10 @@ _FEATURES = {
         "a data iterator as p",
         "pass the full data set as p (e.g. loader.arrays)",
     ),
+    "processes": (
+        "data spread over the processes of jax.distributed",
+        "give every process all of p (an array of its own, not a global one)",
+    ),
 }
 
 
@@ -308,6 +313,9 @@ def check_capabilities(
         "constraints": prob.has_constraints,
         "integrality": prob.has_integrality,
         "data": is_data_iterator(prob.p),
+        "processes": spans_processes(
+            prob.p.arrays if isinstance(prob.p, DataLoader) else prob.p
+        ),
     }
     for feature, is_present in present.items():
         if is_present and not getattr(caps, feature):

@@ -8,6 +8,10 @@ time, the next dispatched before the host reads the current one. Either way it c
 keeps the best evaluated iterate, stops at a non-finite objective, honours Ctrl-C,
 continues warm starts, and compiles each program once per user function
 (`_lifecycle.cached`). The members of an `EnsembleProblem` go to `_ensemble.EnsembleRun`.
+
+Under `jax.distributed` every process runs the same programs; process 0 alone shows the
+bar, calls the callback and records the history, and decides for all (`_mesh.agree`) how
+long each chunk runs and whether the run goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._mesh import agree, distributed, lead, local
 from ..derivatives import raise_host_error
 from ..ensemble import EnsembleSolution
 from ..errors import InvalidProblemError, ObjectiveError
@@ -30,7 +35,16 @@ from ..problem import OptimizationProblem
 from ..solution import OptimizationSolution, OptimizationState, ReturnCode, Stats
 from ._ensemble import EnsembleRun
 from ._feed import Feed
-from ._lifecycle import Clock, Progress, Stop, budget_message, cached, call_back, stopped
+from ._lifecycle import (
+    Clock,
+    Halt,
+    Progress,
+    Stop,
+    budget_message,
+    cached,
+    call_back,
+    stopped,
+)
 from ._program import (
     BEST,
     FEVALS,
@@ -82,6 +96,11 @@ class DeviceRun:
         self.method = method = cached(problem.f, "method", self.key, build)
         self.sign = problem.sense.sign
         self.feed = Feed(problem.p, options.epochs)
+        if self.feed.iterator and distributed():
+            raise InvalidProblemError(
+                "Under jax.distributed, a data iterator must be an opf.DataLoader over each "
+                "process's arrays (its batches are split over every process's devices)."
+            )
         self.stepwise = options.callback is not None or self.feed.iterator or (
             method.run is not None and (options.save_best or options.history is not None)
         )
@@ -148,18 +167,18 @@ class DeviceRun:
         self.consts = consts
         self.method.host_evaluations()  # counts from before this run are not its own
         self.clock = Clock(self.options.maxtime)
-        self.progress = Progress(self.options.progress, self.options.maxiters)
+        self.progress = Progress(self.options.progress if lead() else None, self.options.maxiters)
         # The `p` of the start point and of the point the run ends on, once known.
         self.start_p = self.last_p = None
         self.carry = self.initial = self.extra = self.ahead = None
         self.best_u, self.best_loss = None, np.inf  # a stepwise run's best, on the host
         options = self.options
-        self.recorder = None if options.history is None else Recorder(
+        self.recorder = None if options.history is None or not lead() else Recorder(
             options.history, self.problem, self.alg, options
         )
         whole = not (
             self.stepwise or options.warm_start or options.maxtime or options.progress
-            or self.recorder
+            or options.history
         )
         stop = Stop()
         try:
@@ -231,8 +250,8 @@ class DeviceRun:
         `self.ahead`, is discarded, and its evaluations counted)."""
         total, (p, key) = self.options.maxiters, self.feed.fused_args()
         run = lambda c, limit: self.program.run(c, limit, total, p, key, self.consts)
-        recorder = self.recorder
-        if self.options.maxtime is None and self.progress.bar is None and recorder is None:
+        recorder, options = self.recorder, self.options
+        if options.maxtime is None and options.progress is None and options.history is None:
             self.carry, self.extra = run(self.carry, total)  # a warm start
             self._status(self.carry)
             return
@@ -240,7 +259,7 @@ class DeviceRun:
         since = None if recorder is None else recorder.elapsed()
         # one iteration first, to time it, unless an earlier run of the program did
         first_size = 1 if self.program.per_step is None else self._chunk(self.program.per_step)
-        pending = run(self.carry, min(total, done + first_size))
+        pending = run(self.carry, min(total, done + int(agree(first_size))))
         while True:
             self.carry, self.extra = pending
             status = self._status(self.carry)
@@ -249,8 +268,11 @@ class DeviceRun:
             per_step = self.program.per_step = max((now - tic) / max(now_done - done, 1), 1e-9)
             going = status == RUNNING and now_done < total
             pending = None
-            if going and self.clock.remaining() > 0:
-                pending = run(self.carry, min(total, now_done + self._chunk(per_step)))
+            timely, size = agree(
+                (self.clock.remaining() > 0, self._chunk(per_step) if going else 0)
+            ).tolist()
+            if going and timely:
+                pending = run(self.carry, min(total, now_done + size))
                 self.ahead = pending[0]
             if recorder is not None:  # while the device computes the next chunk
                 self._write_log(done, now_done, since)
@@ -259,8 +281,8 @@ class DeviceRun:
                 self._checkpoint(now_done)
             self.progress.show(now_done, loss)
             if pending is None:
-                if going:
-                    self.clock.check()  # maxtime is spent: raises
+                if going:  # maxtime is spent
+                    raise Halt(ReturnCode.MaxTime, f"maxtime={options.maxtime} s reached")
                 return
             self.ahead, done, tic = None, now_done, now
             since = None if recorder is None else recorder.elapsed()
@@ -270,7 +292,7 @@ class DeviceRun:
         size = self.progress.every or self.options.maxiters
         if self.options.maxtime is not None:
             size = min(size, int(np.clip(0.1 * self.clock.remaining() / per_step, 1, 1e6)))
-        if self.recorder is not None:  # rows reach the file about every HISTORY_SECONDS
+        if self.program.spec.log is not None:  # rows reach the file every HISTORY_SECONDS
             log_size = self.program.spec.log[0]
             size = min(size, int(np.clip(HISTORY_SECONDS / per_step, 1, log_size)))
         return size
@@ -304,7 +326,8 @@ class DeviceRun:
         counts = np.asarray(self.carry.counts)  # (indexing it on the device compiles)
         total, done = self.options.maxiters, int(counts[ITERATIONS])
         if first is not None and done:  # the method's start was an iteration
-            self._show(done, self.carry.state, self.carry.state, first, self.start_p)
+            state = self.carry.state
+            self._decide(done, lambda: self._show(done, state, state, first, self.start_p))
         calls = None if total is None else total - done
         if calls is not None and calls < 1:  # the method's start spent the budget
             return
@@ -334,9 +357,9 @@ class DeviceRun:
 
     def _chunk_size(self) -> int:
         """How many iterations a stepwise run may compute ahead in one call: 1 on batches
-        (taken on the host), else as many as `CHUNK_BYTES` of stacked carries and
-        evaluations hold, at most `MAX_CHUNK`."""
-        if self.feed.loader is not None or self.feed.iterator:
+        (taken on the host) and under `jax.distributed`, else as many as `CHUNK_BYTES` of
+        stacked carries and evaluations hold, at most `MAX_CHUNK`."""
+        if self.feed.loader is not None or self.feed.iterator or distributed():
             return 1
         nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
         per_step = nbytes(self.carry.state) + 3 * nbytes(self.u)  # the state, u, grad, aux
@@ -408,11 +431,38 @@ class DeviceRun:
         done += int(added)
         if self.recorder is not None:
             self.recorder.row(done, objective, fevals(), ev.u)
-        self._show(done, before, after, ev, p, objective)
-        if status != RUNNING:
-            return done, False
-        self.clock.check()
-        return done, True
+        going = status == RUNNING
+        self._decide(done, lambda: self._show(done, before, after, ev, p, objective), going)
+        return done, going
+
+    def _decide(self, done: int, show: Callable[[], None], timed: bool = False) -> None:
+        """`show()` (the bar and the callback), then, if `timed`, the clock: either may
+        end the run (`Halt`). Under `jax.distributed` process 0 alone does both and tells
+        the others how it went."""
+        if not distributed():
+            show()
+            if timed:
+                self.clock.check()
+            return
+        verdict, error = 0, None
+        if lead():
+            try:
+                show()
+                if timed:
+                    self.clock.check()
+            except Halt as halt:
+                verdict, error = 1 + (halt.retcode == ReturnCode.MaxTime), halt
+            except KeyboardInterrupt as interrupt:
+                verdict, error = 3, interrupt
+        verdict = int(agree(verdict))
+        if error is not None:
+            raise error
+        if verdict:
+            raise Halt(*{
+                1: (ReturnCode.Terminated, f"callback returned True at iteration {done}"),
+                2: (ReturnCode.MaxTime, f"maxtime={self.options.maxtime} s reached"),
+                3: (ReturnCode.Terminated, "process 0 was interrupted by KeyboardInterrupt"),
+            }[verdict])
 
     def _show(
         self, done: int, before: Any, after: Any, ev: Evaluation, p: Any,
@@ -519,6 +569,8 @@ class DeviceRun:
         counts = np.asarray(carry.counts)  # with what `final` and `_rescue` added
         message = "; ".join(m for m in (message, method.note(carry.state)) if m)
         host_fevals, host_gevals = method.host_evaluations()
+        if distributed():  # replicated over every process: each returns its own copy
+            carry, u, self.extra = local((carry, u, self.extra))
         sol = OptimizationSolution(
             u=restore_like(u, self.problem.u0),
             objective=float(self.sign * loss),

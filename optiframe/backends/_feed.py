@@ -13,11 +13,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from ..data import DataLoader, is_data_iterator
+from ..data import DataLoader, gather, is_data_iterator
 from ..errors import InvalidProblemError
 
-LoaderShape = tuple[int, int, int]  # (samples, batch size, size of the last partial batch)
+# (samples, batch size, size of the last partial batch, the mesh batches are split over)
+LoaderShape = tuple[int, int, int, Mesh | None]
 
 
 class Feed:
@@ -40,7 +42,7 @@ class Feed:
         if self.loader is None:
             return None
         loader = self.loader
-        return loader.num_samples, loader.batch_size, loader.last_batch_size
+        return loader.num_samples, loader.batch_size, loader.last_batch_size, loader.mesh
 
     def fused_args(self) -> tuple[Any, Any]:
         """(p or the loader's arrays, the loader's shuffling key or None) for `fused`."""
@@ -102,26 +104,23 @@ def fused(
     over epochs draws each epoch's order once (`fold_in(key, epoch)`, or in order without
     a key), an inner loop takes the epoch's batches from `position(carry)` on (a run may
     start mid-epoch), and a trailing partial batch is the other branch of a `lax.cond`,
-    since its shape differs.
+    since its shape differs. Batches are split over the loader's mesh, if it has one.
     """
     if shape is None:
         carry = jax.lax.while_loop(going, lambda c: iterate(c, p), carry)
         return finish(carry, p)
-    n, size, last = shape
+    n, size, last, mesh = shape
     full = n // size
     per_epoch = full + (last > 0)
 
     def on_batch(order: Any, index: Any, body: Body, c: Any) -> Any:
-        def gather(start, count):
-            take = jax.lax.dynamic_slice_in_dim(order, start, count)
-            return jax.tree.map(lambda a: jnp.take(a, take, axis=0), p)
-
+        take = lambda start, count: gather(p, order, start, count, mesh)
         if not last:
-            return body(c, gather(index * size, size))
+            return body(c, take(index * size, size))
         return jax.lax.cond(
             index < full,
-            lambda c: body(c, gather(index * size, size)),
-            lambda c: body(c, gather(full * size, last)),
+            lambda c: body(c, take(index * size, size)),
+            lambda c: body(c, take(full * size, last)),
             c,
         )
 

@@ -41,6 +41,8 @@ class Capabilities:
         keywords: the common `solve` keywords it honours.
         ensemble: it runs the members of an `EnsembleProblem` as one vmapped program
             (on the device); else `solve` runs them one by one.
+        processes: it runs on data spread over the processes of `jax.distributed` (a
+            `DataLoader`, or `p` sharded over them).
     """
 
     bounds: bool = False
@@ -54,6 +56,7 @@ class Capabilities:
     needs_budget: bool = False
     keywords: frozenset[str] = frozenset(("maxiters",))
     ensemble: bool = False
+    processes: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,7 +166,7 @@ class Optax(Algorithm):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             bounds=True, data=not self.linesearch, needs=frozenset({"grad"}), needs_budget=True,
-            keywords=frozenset(COMMON_KEYWORDS), ensemble=True,
+            keywords=frozenset(COMMON_KEYWORDS), ensemble=True, processes=True,
         )
 
     def __repr__(self) -> str:
