@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ._mesh import distributed
 from .errors import OptiframeError
 from .history import History
 from .solution import OptimizationSolution, ReturnCode, Stats
@@ -31,7 +32,9 @@ def resume(
     Args:
         path: the history file.
         prob: the problem, when the file could not store it (a lambda or an optax
-            transform pickles only with cloudpickle installed; large data is not pickled).
+            transform pickles only with cloudpickle installed; large data is not pickled);
+            always under `jax.distributed`, where each process has its own data (every
+            process reads `path`, which process 0 wrote: a file system they share).
         alg: the algorithm, likewise.
         **keywords: `solve` keywords that replace the recorded ones (a callback or a
             progress bar, which are not recorded, or a new `maxtime`). The run's solver
@@ -43,6 +46,10 @@ def resume(
     """
     from . import _sqlite  # sqlite3 is imported when a history is read or written
 
+    if distributed():  # every process reads the file once process 0 has written it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("optiframe.resume")
     db = _sqlite.connect(path, create=False)
     try:
         row = db.execute(
@@ -65,6 +72,11 @@ def resume(
     if checkpoint is None:
         raise OptiframeError(
             f"Run {run} of {os.fspath(path)!r} has no checkpoint yet; solve it again."
+        )
+    if prob is None and distributed():
+        raise OptiframeError(
+            "opf.resume under jax.distributed: the file holds process 0's problem, and each "
+            "process resumes with its own data. Pass it: opf.resume(path, prob)."
         )
     recorded = json.loads(recorded)
     stored = pickle.loads(pickled) if pickled is not None else (None, None, {})

@@ -129,6 +129,16 @@ class DataLoader:
         self._passes += 1
         return self.epoch(self._passes - 1)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with this process's arrays and its number of devices (a device does not
+        pickle); unpickled onto as many devices of the process that loads it."""
+        arrays, devices = self.arrays, None
+        if self.mesh is not None:
+            arrays = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), arrays)
+            devices = self.mesh.shape[DATA]
+        args = (arrays, self.batch_size, self.shuffle, self.key, self.drop_last, devices)
+        return DataLoader, args, {"_passes": self._passes}
+
     def __repr__(self) -> str:
         return (
             f"DataLoader(num_samples={self.num_samples}, batch_size={self.batch_size}, "

@@ -62,10 +62,19 @@ def main(port: str, process: int, out: str) -> None:
     sol = opf.solve(prob, optax.adam(1e-2), epochs=EPOCHS)  # fused, no callback
     results["fused_plain"] = jax.flatten_util.ravel_pytree(sol.u)[0]
     results["fused_plain_objective"] = sol.objective
-    # the callback of process 0 stops every process
-    sol = opf.solve(prob, optax.adam(1e-2), epochs=EPOCHS,
+    # the callback of process 0 stops every process; each resumes with its own data
+    stopped = os.path.join(out, "stopped.sqlite")
+    sol = opf.solve(prob, optax.adam(1e-2), epochs=EPOCHS, history=stopped,
                     callback=lambda state, loss: state.iter == 3)
     results["stopped"] = (sol.stats.iterations, sol.retcode.name)
+    try:
+        opf.resume(stopped)
+    except opf.OptiframeError as error:
+        results["resume_error"] = str(error)
+    going = lambda state, loss: False
+    resumed = opf.resume(stopped, prob, callback=going)
+    results["resumed"] = jax.flatten_util.ravel_pytree(resumed.u)[0]
+    results["resumed_iterations"] = resumed.stats.iterations
     # warm start from a result
     sol = opf.solve(prob, optax.adam(1e-2), epochs=2, warm_start=sol)
     results["warm"] = jax.flatten_util.ravel_pytree(sol.u)[0]
@@ -77,10 +86,11 @@ def main(port: str, process: int, out: str) -> None:
     full = opf.OptimizationProblem(mse, params0(), global_p)
     sol = opf.solve(full, optax.adam(1e-2), maxiters=20)
     results["full"] = jax.flatten_util.ravel_pytree(sol.u)[0]
-    try:
-        opf.solve(full, opf.LBFGSB())
-    except opf.UnsupportedFeatureError as error:
-        results["scipy"] = str(error)
+    for name, alg in (("scipy", opf.LBFGSB()), ("nevergrad", "nevergrad:OnePlusOne")):
+        try:
+            opf.solve(full, alg, maxiters=10)
+        except opf.UnsupportedFeatureError as error:
+            results[name] = str(error)
     np.savez(os.path.join(out, f"process{process}.npz"), **{
         k: np.asarray(v) for k, v in results.items()
     })

@@ -126,3 +126,24 @@ def test_p_sharded_by_the_user_is_evaluated_where_it_lies():
     reference = opf.solve(opf.OptimizationProblem(mse, params, arrays), optax.adam(1e-2),
                           maxiters=30)
     close(sol.u, reference.u)
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """The history pickles the loader with its arrays and device count, and the resumed
+    run continues on four devices, bit for bit (every run here steps one iteration per
+    call, as a callback makes it: a fused loop may sum in another order)."""
+    going = lambda state, loss: False
+    _, whole, _ = fit("auto", tmp_path, callback=going)
+    path = tmp_path / "stopped.sqlite"
+    arrays, params = data()
+    loader = opf.DataLoader(arrays, 64, shuffle=True, key=jax.random.key(1))
+    prob = opf.OptimizationProblem(mse, params, loader)
+    history = opf.History(path, checkpoint_every=10)  # and one where the run stops
+    stopped = opf.solve(prob, optax.adam(1e-2), epochs=10, history=history,
+                        callback=lambda state, loss: state.iter == 15)
+    assert stopped.retcode is opf.ReturnCode.Terminated
+    resumed = opf.resume(path, callback=going)
+    assert resumed.stats.iterations == 40 - 15  # from the stopped run's last checkpoint
+    for x, y in zip(jax.tree.leaves(resumed.u), jax.tree.leaves(whole.u)):
+        np.testing.assert_array_equal(x, y)
+    assert len(jax.tree.leaves(resumed.u)[0].sharding.device_set) == 4

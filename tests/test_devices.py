@@ -53,7 +53,7 @@ def test_four_local_devices(tmp_path):
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 passed" in done.stdout
+    assert "6 passed" in done.stdout
 
 
 def _free_port() -> int:
@@ -90,7 +90,9 @@ def _ravel(tree):
 def test_two_processes_end_with_the_same_result(two_processes):
     _, (first, second) = two_processes
     assert list(first["mesh"]) == [2, 2]  # two processes of two devices
-    for name in ("fused", "fused_plain", "stopped", "warm", "full", "scipy"):
+    names = ("fused", "fused_plain", "stopped", "resumed", "resume_error", "warm", "full",
+             "scipy", "nevergrad")
+    for name in names:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
@@ -123,8 +125,16 @@ def test_process_0_alone_calls_back_and_records_and_stops_everyone(two_processes
     assert list(first["stopped"]) == list(second["stopped"]) == ["3", "Terminated"]
 
 
+def test_each_process_resumes_with_its_own_data(two_processes):
+    _, (first, _) = two_processes
+    assert "each process resumes with its own data" in str(first["resume_error"])
+    assert first["resumed_iterations"] == 2 * EPOCHS - 3
+    np.testing.assert_allclose(first["resumed"], first["fused"], rtol=TOL, atol=TOL)
+
+
 def test_host_algorithms_refuse_p_spread_over_processes(two_processes):
     _, (first, _) = two_processes
-    message = str(first["scipy"])
-    assert "does not support data spread over the processes of jax.distributed" in message
-    assert "give every process all of p" in message and "'adam'" in message
+    for name in ("scipy", "nevergrad"):
+        message = str(first[name])
+        assert "does not support data spread over the processes of jax.distributed" in message
+        assert "give every process all of p" in message and "'adam'" in message
