@@ -82,3 +82,11 @@ def test_startup_benchmark_smoke_run():
     out = quick_run("bench_startup")
     assert "import optiframe / import jax" in out and "targets met" in out
     assert "floor: hand-written jax / raw" in out and "floor: hand-written jax-c / raw" in out
+
+
+def test_data_parallel_benchmark_smoke_run():
+    out = quick_run("bench_data_parallel")  # (it forces four CPU devices before JAX starts)
+    for name in ("H  hand-written loop", "opf.solve, 1 device", "opf.solve, 2 devices",
+                 "opf.solve, 4 devices"):
+        assert name in out
+    assert "(tolerance 0.0001): agree" in out
