@@ -157,7 +157,9 @@ def fit(
     """Run the three phases; returns the losses, the times and the solutions."""
     u, t = make_data()
     window, adam_lr, final_lr = 8, 1e-3, 5e-3
-    loader = opf.DataLoader((u, t), batch_size=window)
+    # a batch is a window of time points, not independent samples: one device
+    # (docs/scaling.md: splitting a window over devices gathers it back inside the solver)
+    loader = opf.DataLoader((u, t), batch_size=window, devices=None)
     n, span = len(t), f"t = {float(t[0]):g}..{float(t[-1]):g}"
     say = print if verbose else (lambda *args: None)
     times, losses = {}, {}

@@ -52,11 +52,14 @@ def data_mesh(devices: Any, sizes: Sequence[int], samples: int) -> Mesh | None:
     else:
         from jax.experimental import multihost_utils
 
-        multihost_utils.assert_equal(
-            np.array([samples, *sizes]),
-            "DataLoader under jax.distributed: every process must give the same number of "
-            "samples and the same batch_size",
-        )
+        try:  # on every process, so that all of them raise
+            multihost_utils.assert_equal(np.array([samples, *sizes]), "")
+        except AssertionError:
+            raise InvalidProblemError(
+                "`DataLoader` under jax.distributed: every process must give the same "
+                "number of samples and the same batch_size (a global batch is one batch of "
+                "each process)."
+            ) from None
     if not _divides(sizes, len(local)):
         raise InvalidProblemError(
             f"`DataLoader(devices=...)`: batches of {' and '.join(map(str, filter(None, sizes)))} "

@@ -91,7 +91,7 @@ def test_two_processes_end_with_the_same_result(two_processes):
     _, (first, second) = two_processes
     assert list(first["mesh"]) == [2, 2]  # two processes of two devices
     names = ("fused", "fused_plain", "stopped", "resumed", "resume_error", "warm", "full",
-             "scipy", "nevergrad")
+             "scipy", "nevergrad", "unequal")
     for name in names:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
@@ -123,6 +123,11 @@ def test_process_0_alone_calls_back_and_records_and_stops_everyone(two_processes
     (run,) = opf.read_history(out / "run.sqlite")  # one run: process 0's
     np.testing.assert_array_equal(run.objective_trace, first["seen"])
     assert list(first["stopped"]) == list(second["stopped"]) == ["3", "Terminated"]
+
+
+def test_processes_with_loaders_of_other_sizes_are_refused(two_processes):
+    _, (first, _) = two_processes
+    assert "every process must give the same number of samples" in str(first["unequal"])
 
 
 def test_each_process_resumes_with_its_own_data(two_processes):
