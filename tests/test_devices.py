@@ -80,7 +80,10 @@ def two_processes(tmp_path_factory):
             proc.wait()
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, log[-3000:]
-    return out, [dict(np.load(out / f"process{i}.npz")) for i in range(2)]
+    results = [dict(np.load(out / f"process{i}.npz")) for i in range(2)]
+    for result, log in zip(results, logs):
+        result["log"] = log
+    return out, results
 
 
 def _ravel(tree):
@@ -120,6 +123,7 @@ def test_process_0_alone_calls_back_and_records_and_stops_everyone(two_processes
     out, (first, second) = two_processes
     iterations = EPOCHS * 2
     assert len(first["seen"]) == iterations and len(second["seen"]) == 0
+    assert "optiframe: 100%" in first["log"] and "optiframe:" not in second["log"]  # the bar
     (run,) = opf.read_history(out / "run.sqlite")  # one run: process 0's
     np.testing.assert_array_equal(run.objective_trace, first["seen"])
     assert list(first["stopped"]) == list(second["stopped"]) == ["3", "Terminated"]
