@@ -10,6 +10,7 @@ from .cache import enable_compilation_cache
 from .data import DataLoader
 from .ensemble import EnsembleProblem, EnsembleSolution
 from .errors import InvalidProblemError, ObjectiveError, OptiframeError, UnsupportedFeatureError
+from .family import ProblemFamily
 from .history import History, Run, read_history
 from .problem import MaxSense, MinSense, ObjSense, OptimizationFunction, OptimizationProblem, remake
 from .progress import ProgressBar
@@ -56,6 +57,9 @@ if TYPE_CHECKING:  # the backends, for readers and tools; imported on first use 
         DualAnnealing,
     )
     from .backends.scipy_least_squares import ScipyLeastSquares
+    from .learned import LearnedOptimizer
+    from .meta import meta_train
+    from .warm_start import WarmStart, fit_warm_start
 
 # Each backend's public names, imported with their module when first used: `import
 # optiframe` loads no backend (and so neither SciPy's optimizers nor optax).
@@ -102,15 +106,25 @@ _BACKEND_OF = {
     "DualAnnealing": "scipy_global",
     "ScipyLeastSquares": "scipy_least_squares",
 }
+# Learning to optimize (optax, imported on first use too): name -> module.
+_LEARNING_OF = {
+    "LearnedOptimizer": "learned",
+    "meta_train": "meta",
+    "WarmStart": "warm_start",
+    "fit_warm_start": "warm_start",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name == "plot":  # matplotlib's plots of recorded runs, imported on first use
         value = globals()["plot"] = importlib.import_module(".plot", __name__)
         return value
-    if name not in _BACKEND_OF:
+    if name in _LEARNING_OF:
+        module = importlib.import_module(f".{_LEARNING_OF[name]}", __name__)
+    elif name in _BACKEND_OF:
+        module = importlib.import_module(f".backends.{_BACKEND_OF[name]}", __name__)
+    else:
         raise AttributeError(f"module 'optiframe' has no attribute {name!r}")
-    module = importlib.import_module(f".backends.{_BACKEND_OF[name]}", __name__)
     value = globals()[name] = getattr(module, name)
     return value
 
@@ -141,11 +155,14 @@ __all__ = [
     "EvoSaxStep",
     "GradientFlow",
     "GradientFlowState",
+    "fit_warm_start",
     "History",
     "HighOrderDescent",
     "InvalidProblemError",
     "LBFGSB",
+    "LearnedOptimizer",
     "MaxSense",
+    "meta_train",
     "MinSense",
     "MultiStart",
     "NelderMead",
@@ -167,6 +184,7 @@ __all__ = [
     "OptimizationState",
     "plot",
     "PolyOpt",
+    "ProblemFamily",
     "Powell",
     "ProgressBar",
     "read_history",
@@ -189,6 +207,7 @@ __all__ = [
     "TrustKrylov",
     "TrustNCG",
     "UnsupportedFeatureError",
+    "WarmStart",
 ]
 
 __version__ = "0.1.0"

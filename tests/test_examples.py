@@ -89,3 +89,13 @@ def test_resume_after_kill(tmp_path, capsys):
     np.testing.assert_array_equal(run.iteration, np.arange(1, 40_001))
     assert (tmp_path / "h.png").stat().st_size > 10_000
     assert "resumed from iteration" in capsys.readouterr().out
+
+
+def test_learned_optimizer(tmp_path, capsys):
+    out = load("learned_optimizer").main(["--quick", "--output", str(tmp_path / "l2o.png")])
+    lopt = out["lopt"]
+    assert isinstance(lopt, opf.LearnedOptimizer) and lopt.rule.horizon == 20
+    assert out["adam"].shape == out["learned"].shape == (4, 40)
+    assert np.isfinite(out["learned"]).all()
+    assert (tmp_path / "l2o.png").stat().st_size > 10_000
+    assert "meta-trained: 5 meta-iterations" in capsys.readouterr().out
