@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from ._checks import count, number
+from ._checks import seed as check_seed
 from .backends._lifecycle import Clock, Progress, Stop, call_back, stopped
 from .backends._optax_step import OptaxMethod, OptaxSpec
 from .backends.optax import OptaxState
@@ -122,8 +123,7 @@ def meta_train(
     maxiters = count(call, "maxiters", maxiters, optional=True)
     if maxtime is None and maxiters is None:
         raise InvalidProblemError(f"`{call}` needs a budget: pass maxiters=, maxtime= or both.")
-    if not isinstance(seed, (int, np.integer)):
-        raise InvalidProblemError(f"`{call}(seed={seed!r})` must be an integer.")
+    seed = check_seed(call, seed)
     if family.prob.f.ad != "jax":
         raise InvalidProblemError(
             f"`{call}`: the family's objective must be differentiable by JAX (ad='jax')."
