@@ -1,8 +1,17 @@
-"""Learning to optimize on a family of chained-Rosenbrock problems: how much a learned warm
-start (`opf.fit_warm_start`) saves SciPy's L-BFGS-B, and whether the answers stay those of a
-cold start.
+"""Learning to optimize, measured: a learned optimizer against tuned Adam on the sine family
+of `examples/learned_optimizer.py`, and a learned warm start for SciPy's L-BFGS-B on a
+family of chained-Rosenbrock problems.
 
-The family (8 variables, 15 parameters p = (a, b)):
+Learned optimizer (`learned_optimizer_rows`, float32): Adam's learning rate is tuned over
+{1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3} by its median loss after 100 steps on 20 validation
+tasks; `LearnedOptimizer.adam_residual(that rate)` is meta-trained for `--maxtime` seconds
+(default 120, compilation included: 16 tasks, horizon 100, unrolls of 20, the gradient
+through the unroll); then both run on 20 held-out tasks (another key), each task one
+member of an `EnsembleProblem` (the loss after 20, 100 and 300 steps). Targets: the
+learned median loss after 100 steps <= 0.6x Adam's, after 300 steps <= 1.1x. The cost of
+a step: a fused 300-step solve of one task, learned against Adam.
+
+Warm start: the family (8 variables, 15 parameters p = (a, b)):
 
     f(u; a, b) = Σ_{i<7} b_i (u_{i+1} - u_i²)² + Σ_i (a_i - u_i)²,
     a_i ~ U(0.5, 1.5), b_i ~ U(10, 100), every task starting from u = 0.
@@ -22,14 +31,17 @@ within 1e-6 max(|f*|, 1) of f*, the optimum L-BFGS-B finds from zeros with tight
 the warm-start path's (`ws.solve_kwargs`: reltol 1e-11 for L-BFGS-B, see
 `optiframe/warm_start.py`'s WARM_RELTOL).
 
-Run: `python benchmarks/bench_l2o.py` (about 30 s: 2,000 SciPy solves), `--quick` for a
-smoke run (300 training tasks, 40 held out; about 10 s).
+Run: `python benchmarks/bench_l2o.py` (about 3 minutes: 2 of meta-training, 2,000 SciPy
+solves), `--quick` for a smoke run (a few meta-iterations; 300 training tasks, 40 held out;
+about 30 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import pathlib
 import statistics
 import time
 
@@ -43,6 +55,7 @@ jax.config.update("jax_enable_x64", True)  # SciPy works in float64
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 import optiframe as opf  # noqa: E402
 
@@ -144,6 +157,65 @@ def warm_start_rows(quick: bool) -> list[tuple[str, float, bool]]:
     return rows
 
 
+def _example():
+    """examples/learned_optimizer.py, as a module (its sine family)."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "learned_optimizer.py"
+    spec = importlib.util.spec_from_file_location("learned_optimizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def learned_optimizer_rows(quick: bool, maxtime: float) -> list[tuple[str, float, bool]]:
+    """Tune Adam, meta-train `adam_residual`, compare them on held-out tasks; prints a table
+    and returns (name, value, target met) rows."""
+    family = _example().sine_family()
+    steps = (5, 10, 20) if quick else (20, 100, 300)
+    tasks = 4 if quick else 20
+
+    def losses(alg, key, n_steps):
+        ps, u0s = family.draw(key, tasks)
+        ensemble = opf.EnsembleProblem(family.prob, ps=ps, u0s=u0s)
+        return np.asarray(opf.solve(ensemble, alg, maxiters=n_steps).objective)
+
+    rates = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+    validation = {lr: np.median(losses(optax.adam(lr), jax.random.key(7), steps[1]))
+                  for lr in rates}
+    rate = min(validation, key=validation.get)
+    print(f"\nLearned optimizer, sine family: Adam's learning rate tuned on {tasks} validation "
+          f"tasks: {rate:g} (median loss after {steps[1]} steps: "
+          + ", ".join(f"{lr:g}: {v:.3g}" for lr, v in validation.items()) + ")")
+    lopt = opf.meta_train(
+        family, opf.LearnedOptimizer.adam_residual(rate), horizon=steps[1],
+        truncation=steps[1] // 5, n_tasks=16, seed=0,
+        maxiters=3 if quick else None, maxtime=None if quick else maxtime,
+    )
+    training = lopt.training
+    print(f"meta-trained {training.iterations} meta-iterations in {training.time:.0f} s "
+          f"(compilation included), {training.skipped} skipped; {lopt!r}")
+    held_out = jax.random.key(2026)
+    adam, learned = optax.adam(rate), lopt
+    print(f"{tasks} held-out tasks: median loss (learned better on how many tasks)")
+    rows = []
+    for n_steps, target in zip(steps, (None, 0.6, 1.1)):
+        a, b = losses(adam, held_out, n_steps), losses(learned, held_out, n_steps)
+        ratio = float(np.median(b) / np.median(a))
+        met = target is None or ratio <= target
+        goal = "" if target is None else f" (target <= {target}) {'PASS' if met else 'MISS'}"
+        print(f"  after {n_steps:>3} steps: Adam {np.median(a):.3g}, learned {np.median(b):.3g}: "
+              f"{ratio:.2f}x, better on {int((b < a).sum())}/{tasks}{goal}")
+        if target is not None:
+            rows.append((f"learned / Adam median loss after {n_steps} steps", ratio, met))
+    if not quick:
+        rows.append(("meta-training seconds", training.time, training.time <= 120 + 5))
+    prob = family.sample(jax.random.key(1))
+    block = lambda alg: lambda: jax.block_until_ready(opf.solve(prob, alg, maxiters=300).u)
+    adam_s, learned_s = _median_time(block(adam), 7), _median_time(block(learned), 7)
+    print(f"  a step of one task (fused 300-step solve): Adam {1e6 * adam_s / 300:.0f} us, "
+          f"learned {1e6 * learned_s / 300:.0f} us ({learned_s / adam_s:.1f}x)")
+    return rows
+
+
 def _median_time(fn, repeats: int = 21) -> float:
     fn()
     times = []
@@ -157,9 +229,12 @@ def _median_time(fn, repeats: int = 21) -> float:
 def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--maxtime", type=float, default=120.0, help="meta-training seconds")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, optiframe learning to optimize")
-    rows = warm_start_rows(args.quick)
+    with jax.enable_x64(False):  # the learned optimizer in float32, as it is measured
+        rows = learned_optimizer_rows(args.quick, args.maxtime)
+    rows += warm_start_rows(args.quick)
     print(f"\n{sum(ok for *_, ok in rows)}/{len(rows)} targets met")
     return rows
 

@@ -93,7 +93,8 @@ def meta_train(
         meta_optimizer: any optax transform (default: clip the global norm to 1, then
             Adam(3e-3)).
         sigma: the standard deviation of ES's perturbations.
-        maxtime, maxiters: the budget, in seconds and meta-iterations (at least one).
+        maxtime: the budget in seconds (compilation included); this or `maxiters`.
+        maxiters: the budget in meta-iterations.
         seed: the tasks and perturbations drawn; the same seed gives the same result.
         progress: a progress bar, as `solve`'s.
         callback: `callback(state, meta_loss) -> bool | None` after each meta-iteration,

@@ -90,3 +90,9 @@ def test_data_parallel_benchmark_smoke_run():
                  "opf.solve, 4 devices"):
         assert name in out
     assert "(tolerance 0.0001): agree" in out
+
+
+def test_l2o_benchmark_smoke_run():
+    out = quick_run("bench_l2o")  # float64 for SciPy: its own process
+    assert "meta-trained 3 meta-iterations" in out and "a step of one task" in out
+    assert "SciPy defaults: evaluations" in out and "targets met" in out
