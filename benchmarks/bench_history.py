@@ -16,10 +16,10 @@ Workloads:
    pickling the problem, the rows, the final checkpoint).
 
 XLA runs on one thread (see XLA_FLAGS below), rounds alternate their order, and the ratio
-is of the medians. The history runs of a workload append to one file in a temporary
-folder (as a script's repeated solves do; creating a file, with its schema, costs about
-3 ms more, once). Run: `python benchmarks/bench_history.py` (about a minute), `--quick`
-for a smoke run.
+is the median of the rounds' ratios. The history runs of a workload append to one file in
+a temporary folder (as a script's repeated solves do; creating a file, with its schema,
+costs about 3 ms more, once). Run: `python benchmarks/bench_history.py` (about a minute),
+`--quick` for a smoke run.
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def slow_rosenbrock(u, p):
 
 def timed(plain: Callable[[], object], history: Callable[[], object], repeats: int
           ) -> tuple[float, float, float]:
-    """(median seconds without, with, and their ratio): interleaved rounds, the order
-    alternating, each run once first."""
+    """(median seconds without, with, and the median of the rounds' ratios): interleaved
+    rounds, the order alternating, each run once first. A round's two runs are back to
+    back, so the ratio of a round cancels what drifts between rounds (other processes on
+    the shared cores)."""
     plain(), history()
     times: dict[str, list[float]] = {"plain": [], "history": []}
     for i in range(repeats):
@@ -78,7 +80,8 @@ def timed(plain: Callable[[], object], history: Callable[[], object], repeats: i
             run()
             times[name].append(time.perf_counter() - tic)
     plain_s, history_s = statistics.median(times["plain"]), statistics.median(times["history"])
-    return plain_s, history_s, history_s / plain_s
+    ratios = [h / p for p, h in zip(times["plain"], times["history"])]
+    return plain_s, history_s, statistics.median(ratios)
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:

@@ -177,6 +177,11 @@ def test_a_callback_sees_the_meta_loss_and_can_stop():
     np.testing.assert_array_equal([m for _, m in seen], lopt.training.meta_losses)
 
 
+def test_a_progress_bar_counts_the_meta_iterations(capsys):
+    train(progress=True)
+    assert "6/6" in capsys.readouterr().err
+
+
 def test_maxtime_bounds_meta_training():
     lopt = train(maxiters=None, maxtime=0.5)
     assert lopt.training.retcode is opf.ReturnCode.MaxTime and lopt.training.iterations >= 1
