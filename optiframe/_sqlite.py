@@ -103,16 +103,36 @@ def connect(path: str | os.PathLike[str], create: bool) -> sqlite3.Connection:
     path = os.fspath(path)
     if not create and not os.path.exists(path):
         raise OptiframeError(f"No run history at {path!r}: the file does not exist.")
-    try:
-        db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crashed process loses nothing
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as err:
-        raise OptiframeError(
-            f"{path!r} is not an optiframe run history (SQLite says: {err})."
-        ) from None
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        db = None
+        try:
+            db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crashed process loses nothing
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            break
+        except sqlite3.OperationalError as err:
+            # Turning a new file to WAL while another process creates it can fail at once,
+            # without SQLite's busy wait: wait here.
+            if db is not None:
+                db.close()
+            if "locked" not in str(err):
+                raise OptiframeError(
+                    f"{path!r} is not an optiframe run history (SQLite says: {err})."
+                ) from None
+            if time.monotonic() > deadline:
+                raise OptiframeError(
+                    f"{path!r} stayed locked by another process for {BUSY_SECONDS} s."
+                ) from None
+            time.sleep(0.01)
+        except sqlite3.DatabaseError as err:
+            if db is not None:
+                db.close()
+            raise OptiframeError(
+                f"{path!r} is not an optiframe run history (SQLite says: {err})."
+            ) from None
     if version > SCHEMA_VERSION:
         db.close()
         raise OptiframeError(
@@ -182,9 +202,11 @@ class Writer:
         stand for the run's) in one transaction."""
         if not self.rows and not statements:
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        if self.db.in_transaction:  # one an interrupt (Ctrl-C) left open: it is undone
+            self.db.rollback()
         opens = self.run is None
         try:
+            self.db.execute("BEGIN IMMEDIATE")
             if opens:
                 self.run, self.segment = self.opening(self.db)
             ids = {id(RUN): self.run, id(SEGMENT): self.segment}
@@ -196,8 +218,9 @@ class Writer:
             for sql, args in statements:
                 self.db.execute(sql, tuple(ids.get(id(a), a) for a in args))
             self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
+        except BaseException:  # an error, or Ctrl-C at any point: nothing is half written
+            if self.db.in_transaction:
+                self.db.rollback()
             if opens:  # the run's row went with the transaction
                 self.run = self.segment = None
             raise

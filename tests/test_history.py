@@ -182,6 +182,34 @@ def test_a_killed_run_keeps_its_rows_and_resumes_bit_for_bit(tmp_path, kind, che
     assert len(run.checkpoints[run.checkpoints > last]) >= 5
 
 
+def test_an_interrupted_commit_leaves_nothing_half_written(tmp_path):
+    """Ctrl-C inside a commit (here: while the run's row is inserted) rolls the whole
+    transaction back and keeps the rows queued; a transaction an interrupt left open is
+    undone by the next commit. Nothing is lost or written twice."""
+    from optiframe import _sqlite
+
+    record = dict(problem="p", algorithm="a", keywords={}, versions={}, leaves=[], started=0.0)
+    interrupts = [True]
+
+    def opening(db):
+        ids = _sqlite.insert_run(db, record)
+        if interrupts.pop() if interrupts else False:
+            raise KeyboardInterrupt
+        return ids
+
+    db = _sqlite.connect(tmp_path / "w.sqlite", create=True)
+    writer = _sqlite.Writer(db, opening)
+    writer.rows = [(1, 0.1, 3.0, 1, None), (2, 0.2, 2.0, 2, None)]
+    with pytest.raises(KeyboardInterrupt):
+        writer.commit()
+    assert writer.run is None and len(writer.rows) == 2 and not db.in_transaction
+    db.execute("BEGIN IMMEDIATE")  # as if an interrupt had come between BEGIN and the rest
+    writer.commit()
+    (run,) = opf.read_history(tmp_path / "w.sqlite")
+    np.testing.assert_array_equal(run.iteration, [1, 2])
+    np.testing.assert_array_equal(run.objective_trace, [3.0, 2.0])
+
+
 def test_a_ctrl_c_run_resumes_bit_for_bit(tmp_path):
     path = tmp_path / "interrupted.sqlite"
     fit(tmp_path / "warm-up.sqlite", "full", maxiters=10)  # compiled: Ctrl-C lands mid-run
