@@ -180,19 +180,22 @@ class Writer:
         db: the open file.
         opening: `opening(db) -> (run id, segment)`, called inside the first transaction
             (`insert_run` or `insert_segment`).
+        encode: a row's parameters as the blob stored.
     """
 
     def __init__(
-        self, db: sqlite3.Connection, opening: Callable[[sqlite3.Connection], tuple[int, int]]
+        self, db: sqlite3.Connection, opening: Callable[[sqlite3.Connection], tuple[int, int]],
+        encode: Callable[[Any], bytes],
     ) -> None:
-        self.db, self.opening = db, opening
+        self.db, self.opening, self.encode = db, opening, encode
         self.run: int | None = None
         self.segment: int | None = None
         self.rows: list[tuple[Any, ...]] = []
         self.last_commit = time.monotonic()
 
     def iterations(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Queue (iteration, time, objective, fevals, params blob or None) rows."""
+        """Queue (iteration, time, objective, fevals, parameters or None) rows; the
+        parameters are kept (not copied) until the commit `encode`s them."""
         self.rows.extend(rows)
         if len(self.rows) >= COMMIT_ROWS or time.monotonic() - self.last_commit >= COMMIT_SECONDS:
             self.commit()
@@ -211,9 +214,12 @@ class Writer:
                 self.run, self.segment = self.opening(self.db)
             ids = {id(RUN): self.run, id(SEGMENT): self.segment}
             if self.rows:
+                encode = self.encode
                 self.db.executemany(
                     "INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ((self.run, self.segment, *row) for row in self.rows),
+                    ((self.run, self.segment, at, t, float(objective), int(fevals),
+                      None if u is None else encode(u))
+                     for at, t, objective, fevals, u in self.rows),
                 )
             for sql, args in statements:
                 self.db.execute(sql, tuple(ids.get(id(a), a) for a in args))
@@ -251,12 +257,13 @@ class Writer:
 
 
 def insert_run(db: sqlite3.Connection, record: dict[str, Any]) -> tuple[int, int]:
-    """Insert a run (the `runs` columns in `record`) and its first segment, inside the
-    caller's transaction; (its id, 0)."""
+    """Insert a run (the `runs` columns in `record`; keywords that JSON cannot hold are
+    stored as their repr) and its first segment, inside the caller's transaction; (its
+    id, 0)."""
     cursor = db.execute(
         "INSERT INTO runs (problem, algorithm, keywords, versions, leaves, started)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (record["problem"], record["algorithm"], json.dumps(record["keywords"]),
+        (record["problem"], record["algorithm"], json.dumps(record["keywords"], default=repr),
          json.dumps(record["versions"]), json.dumps(record["leaves"]), record["started"]),
     )
     db.execute("INSERT INTO segments VALUES (?, 0, 0, ?)", (cursor.lastrowid, record["started"]))

@@ -198,7 +198,7 @@ def test_an_interrupted_commit_leaves_nothing_half_written(tmp_path):
         return ids
 
     db = _sqlite.connect(tmp_path / "w.sqlite", create=True)
-    writer = _sqlite.Writer(db, opening)
+    writer = _sqlite.Writer(db, opening, encode=np.ndarray.tobytes)
     writer.rows = [(1, 0.1, 3.0, 1, None), (2, 0.2, 2.0, 2, None)]
     with pytest.raises(KeyboardInterrupt):
         writer.commit()

@@ -208,8 +208,7 @@ class HostObjective:
         x = np.array(x, np.float64)  # the library may reuse its array
         self.recent.append((x, loss, grad))
         self.best.offer(x, loss, self.violation(x) if self.constrained else 0.0)
-        if self.clock.maxtime is not None:
-            self.clock.check()
+        self.clock.check()
         if math.isfinite(loss):
             return loss
         self.nonfinite += 1
@@ -334,6 +333,10 @@ class HostRun:
         self.recorder = None if options.history is None else Recorder(
             options.history, problem, alg, options
         )
+        # A callback, a progress bar or a history follows the iterations (else a library's
+        # own iteration callback, which costs time, may be left out).
+        self.watched = not (options.callback is None and options.progress is None and
+                            options.history is None)
 
     @functools.cached_property
     def objective(self) -> HostObjective:
@@ -355,12 +358,11 @@ class HostRun:
 
     def iteration(self, x: np.ndarray, loss: float | None = None, original: Any = None) -> None:
         """Called by the library once per iteration with the iterate (and, where it has
-        it, the signed loss there): the bar, the callback, the clock."""
-        obj = self.objective
+        it, the signed loss there): the history, the bar, the callback, the clock."""
         self.iterations += 1
         x = self.last_x = np.array(x, np.float64)  # a copy: SciPy updates its own in place
-        callback = self.options.callback
         if self.watched:
+            obj, callback = self.objective, self.options.callback
             seen, grad = (None, None) if callback is None and loss is not None else obj.lookup(x)
             loss = seen if seen is not None else loss if loss is not None else obj.value(x)
             objective = obj.sign * float(loss)
@@ -375,14 +377,15 @@ class HostRun:
         self.clock.check()
 
     def record(self, objective: float, x: np.ndarray) -> None:
-        """Tell the history (if any) the iteration just done, at `x` (n,) with `objective`,
-        and write a checkpoint of `x` when one is due."""
-        if self.recorder is None:
+        """Tell the history (if any) the iteration just done, at `x` (n,, not changed
+        afterwards) with `objective`, and write a checkpoint of `x` when one is due."""
+        recorder = self.recorder
+        if recorder is None:
             return
         fevals = self.objective.fevals
-        self.recorder.row(self.iterations, objective, fevals, x)
-        if self.recorder.due(self.iterations):
-            self.recorder.checkpoint(self.iterations, fevals, "point", self.objective.u(x))
+        recorder.row(self.iterations, objective, fevals, x)
+        if recorder.due(self.iterations):
+            recorder.checkpoint(self.iterations, fevals, "point", self.objective.u(x))
 
     def settings(
         self, owner: str, given: dict[str, Any], sets: dict[str, str | None]
@@ -419,14 +422,6 @@ class HostRun:
         if self.recorder is not None:
             sol = self.recorder.finish(sol, "point", sol.u)
         return sol
-
-    @property
-    def watched(self) -> bool:
-        """A callback, a progress bar or a history follows the iterations (else a
-        library's own iteration callback, which costs time, may be left out)."""
-        options = self.options
-        return not (options.callback is None and options.progress is None and
-                    options.history is None)
 
     @property
     def done(self) -> int:

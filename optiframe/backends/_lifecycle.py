@@ -70,7 +70,7 @@ class Clock:
 
     def check(self) -> None:
         """Raise `Halt(MaxTime)` once `maxtime` is spent."""
-        if self.remaining() <= 0:
+        if self.maxtime is not None and self.remaining() <= 0:
             raise Halt(ReturnCode.MaxTime, f"maxtime={self.maxtime} s reached")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
-import json
+import math
 import os
 import pickle
 import time
@@ -46,12 +46,12 @@ def params_every(n: int) -> int:
     return k
 
 
-def flat(u: Any) -> np.ndarray:
-    """The leaves of `u` (NumPy or JAX, or a flat vector) as one float64 vector, in
-    `ravel` order."""
+def blob(u: Any) -> bytes:
+    """The leaves of `u` (NumPy or JAX, or a flat vector) as float64 bytes, in `ravel`
+    order: a row's parameters as stored."""
     if isinstance(u, np.ndarray):
-        return np.ravel(np.asarray(u, np.float64))
-    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(u)])
+        return np.asarray(u, np.float64).tobytes()
+    return b"".join(np.asarray(x, np.float64).tobytes() for x in jax.tree.leaves(u))
 
 
 @functools.cache
@@ -115,7 +115,7 @@ class Recorder:
             }
             record = dict(
                 problem=repr(problem), algorithm=repr(alg),
-                keywords=json.loads(json.dumps(keywords, default=repr)),
+                keywords=keywords,
                 versions={
                     "optiframe": _version("optiframe"), "jax": jax.__version__,
                     **({library: _version(library)} if library else {}),
@@ -134,22 +134,23 @@ class Recorder:
                 "SELECT time, fevals FROM checkpoints WHERE run=? AND iteration=? "
                 "ORDER BY segment DESC LIMIT 1", (run, self.start),
             ).fetchone()
-        self.writer = _sqlite.Writer(db, opening)
+        self.writer = _sqlite.Writer(db, opening, encode=blob)
         self.pickled = False  # (problem, alg) are stored with the first checkpoint
         self.clock = time.perf_counter()
-        self.checkpointed = (0, self.clock)  # (iteration, perf_counter) of the last one
+        self._checkpointed(0)
 
     def elapsed(self) -> float:
         """Seconds since the run started (over its resumed parts)."""
         return self.time0 + time.perf_counter() - self.clock
 
     def row(self, iteration: int, objective: float, fevals: int, u: Any) -> None:
-        """Record iteration `iteration` (of this solve) at `u` (a pytree, or a flat vector)."""
+        """Record iteration `iteration` (of this solve) at `u` (a pytree, or a flat vector,
+        kept until the rows are committed: the caller does not change it)."""
         at = self.start + iteration
-        params = flat(u).tobytes() if at % self.every == 0 else None
-        self.writer.iterations(
-            [(at, self.elapsed(), float(objective), self.fevals0 + int(fevals), params)]
-        )
+        self.writer.iterations([(
+            at, self.time0 + time.perf_counter() - self.clock, objective,
+            self.fevals0 + fevals, u if at % self.every == 0 else None,
+        )])
 
     def rows(
         self, iterations: Sequence[int], objectives: np.ndarray, fevals: np.ndarray,
@@ -160,21 +161,22 @@ class Recorder:
         m = len(iterations)
         its = np.asarray(iterations, np.int64)
         times = since + (self.elapsed() - since) * np.arange(1, m + 1) / m
-        blobs = [flat(params[it]).tobytes() if it in params else None for it in iterations]
         self.writer.iterations(zip(
             (self.start + its).tolist(), times.tolist(),
             np.asarray(objectives, np.float64).tolist(),
-            (self.fevals0 + np.asarray(fevals, np.int64)).tolist(), blobs,
+            (self.fevals0 + np.asarray(fevals, np.int64)).tolist(),
+            [params.get(it) for it in iterations],
         ))
 
     def due(self, iteration: int) -> bool:
         """Whether a checkpoint is due after iteration `iteration` of this solve."""
-        done, at = self.checkpointed
+        return iteration >= self.due_iteration or time.perf_counter() >= self.due_time
+
+    def _checkpointed(self, iteration: int) -> None:
+        """A checkpoint was written after `iteration`: when the next one is due."""
         every, seconds = self.history.checkpoint_every, self.history.checkpoint_seconds
-        return bool(
-            every is not None and iteration - done >= every
-            or seconds is not None and time.perf_counter() - at >= seconds
-        )
+        self.due_iteration = math.inf if every is None else iteration + every
+        self.due_time = math.inf if seconds is None else time.perf_counter() + seconds
 
     def checkpoint(self, iteration: int, fevals: int, kind: str, state: Any) -> None:
         """Write `state` after iteration `iteration`: kind "state" (what `warm_start`
@@ -186,7 +188,8 @@ class Recorder:
         self.writer.checkpoint(
             self.start + iteration, self.elapsed(), self.fevals0 + int(fevals), blob, pickled
         )
-        self.checkpointed, self.pickled = (iteration, time.perf_counter()), True
+        self._checkpointed(iteration)
+        self.pickled = True
 
     def finish(self, sol: OptimizationSolution, kind: str, state: Any) -> OptimizationSolution:
         """Record the outcome; a run that stopped early (`Terminated`, `MaxTime`), which

@@ -253,8 +253,8 @@ class _MinimizeRun(HostRun):
             callback = lambda xk: self.iteration(xk)
         else:
 
-            def callback(intermediate_result):
-                self.iteration(intermediate_result.x, getattr(intermediate_result, "fun", None))
+            def callback(intermediate_result):  # an OptimizeResult: a dict
+                self.iteration(intermediate_result["x"], intermediate_result.get("fun"))
 
         fun = obj.value_and_grad if spec.grad else obj.value
         return scipy.optimize.minimize(
