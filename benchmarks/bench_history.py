@@ -87,7 +87,7 @@ def timed(plain: Callable[[], object], history: Callable[[], object], repeats: i
 def main(argv: list[str] | None = None) -> list[tuple[str, float, bool]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--repeats", type=int, default=101)
     args = parser.parse_args(argv)
     repeats = 2 if args.quick else args.repeats
     steps, iters = (200, 20) if args.quick else (2000, 200)
