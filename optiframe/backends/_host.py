@@ -377,8 +377,8 @@ class HostRun:
         self.clock.check()
 
     def record(self, objective: float, x: np.ndarray) -> None:
-        """Tell the history (if any) the iteration just done, at `x` (n,, not changed
-        afterwards) with `objective`, and write a checkpoint of `x` when one is due."""
+        """Tell the history (if any) the iteration just done, at `x` (n,), which is not
+        changed afterwards, with `objective`; write a checkpoint of `x` when one is due."""
         recorder = self.recorder
         if recorder is None:
             return

@@ -48,7 +48,9 @@ def params_every(n: int) -> int:
 
 def blob(u: Any) -> bytes:
     """The leaves of `u` (NumPy or JAX, or a flat vector) as float64 bytes, in `ravel`
-    order: a row's parameters as stored."""
+    order: a row's parameters as stored (bytes are returned as they are)."""
+    if isinstance(u, bytes):
+        return u
     if isinstance(u, np.ndarray):
         return np.asarray(u, np.float64).tobytes()
     return b"".join(np.asarray(x, np.float64).tobytes() for x in jax.tree.leaves(u))
@@ -144,12 +146,16 @@ class Recorder:
         return self.time0 + time.perf_counter() - self.clock
 
     def row(self, iteration: int, objective: float, fevals: int, u: Any) -> None:
-        """Record iteration `iteration` (of this solve) at `u` (a pytree, or a flat vector,
-        kept until the rows are committed: the caller does not change it)."""
+        """Record iteration `iteration` (of this solve) at `u`: a NumPy vector, kept until
+        the rows are committed (the caller does not change it), or a pytree, read from the
+        device at once (its memory is not held)."""
         at = self.start + iteration
+        params = None
+        if at % self.every == 0:
+            params = u if isinstance(u, np.ndarray) else blob(u)
         self.writer.iterations([(
             at, self.time0 + time.perf_counter() - self.clock, objective,
-            self.fevals0 + fevals, u if at % self.every == 0 else None,
+            self.fevals0 + fevals, params,
         )])
 
     def rows(
