@@ -178,7 +178,7 @@ def learned_optimizer_rows(quick: bool, maxtime: float) -> list[tuple[str, float
         ensemble = opf.EnsembleProblem(family.prob, ps=ps, u0s=u0s)
         return np.asarray(opf.solve(ensemble, alg, maxiters=n_steps).objective)
 
-    rates = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+    rates = (1e-2, 0.1) if quick else (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
     validation = {lr: np.median(losses(optax.adam(lr), jax.random.key(7), steps[1]))
                   for lr in rates}
     rate = min(validation, key=validation.get)

@@ -86,13 +86,13 @@ def lbfgs(example, repeats: int, iters: int) -> dict[str, tuple[float, float, fl
 
 def main(argv: list[str] | None = None) -> tuple[int, dict[str, tuple[float, float, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, short phases")
+    parser.add_argument("--quick", action="store_true", help="1 seed, short phases")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     example = load_example()
     print(f"JAX backend: {example.jax.default_backend()}")
     count, final_iters, repeats, iters = (
-        (2, 20, 1, 3) if args.quick else (10, 1500, args.repeats, 25)
+        (1, 20, 1, 3) if args.quick else (10, 1500, args.repeats, 25)
     )
     reached = seeds(example, count, final_iters)
     return reached, lbfgs(example, repeats, iters)
